@@ -1,0 +1,14 @@
+//! wg-appliance: an XDP-accelerated, WireGuard-compatible VPN gateway.
+//!
+//! The protocol modules (`keys`, `noise`, `cookie`, `session`, `timers`,
+//! `allowed_ips`) are sans-I/O: bytes and time in, bytes and actions out.
+//! `datapath` loads and attaches the BPF programs and reads their maps; it
+//! holds no protocol logic.
+
+pub mod allowed_ips;
+pub mod cookie;
+pub mod datapath;
+pub mod keys;
+pub mod noise;
+pub mod session;
+pub mod timers;

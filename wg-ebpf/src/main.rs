@@ -1,0 +1,260 @@
+//! wg-appliance XDP programs.
+//!
+//! `wan_rx` runs on every WAN interface. It classifies WireGuard traffic to the
+//! configured listen port before anything is authenticated: non-WireGuard
+//! traffic passes untouched, malformed WireGuard framing is dropped with a
+//! counted reason, well-formed messages pass on (handshakes to the control
+//! plane's UDP socket). Every verdict increments exactly one counter besides
+//! `RxPackets`, so the counters always add up.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::bpf_xdp_load_bytes,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use wg_ebpf_common::{
+    classify_framing,
+    wire::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS,
+        IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, IPV4_MF, IPV4_MIN_HLEN,
+        IPV4_OFFSET_MASK, IPV6_FRAG_OFFSET_MASK, IPV6_HLEN, IPV6_MAX_EXT_HEADERS, UDP_HLEN,
+        VLAN_HLEN,
+    },
+    Counter, DatapathConfig, Framing, CONFIG_KEY,
+};
+
+/// Data-path configuration (one entry), written by userspace before attach.
+#[map]
+static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU packet counters indexed by `Counter`. Per-CPU so the hot path
+/// never contends on a cache line; userspace sums at read time.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(v) = STATS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+/// The one bounds-checked accessor: a pointer to `T` at `off`, or `Err` when
+/// the packet ends first.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + off) as *const T)
+}
+
+#[inline(always)]
+fn read_u8(ctx: &XdpContext, off: usize) -> Result<u8, ()> {
+    // SAFETY: ptr_at checked the bounds.
+    Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
+    // SAFETY: ptr_at checked the bounds; unaligned read of two bytes.
+    let b = unsafe { *ptr_at::<[u8; 2]>(ctx, off)? };
+    Ok(u16::from_be_bytes(b))
+}
+
+/// Copies `N` bytes at a variable offset with `bpf_xdp_load_bytes`. Used past
+/// the variable-length headers (IPv4 options, IPv6 extension chains), where
+/// LLVM rewrites direct-access bounds checks into scalar comparisons the
+/// verifier cannot follow. The helper checks the bounds itself.
+#[inline(always)]
+fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
+    let mut buf = [0u8; N];
+    // SAFETY: buf is N writable bytes; the helper fails (non-zero) instead of
+    // reading past the packet.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            off as u32,
+            buf.as_mut_ptr() as *mut c_void,
+            N as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(());
+    }
+    Ok(buf)
+}
+
+#[inline(always)]
+fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
+    load::<2>(ctx, off).map(u16::from_be_bytes)
+}
+
+/// Where the UDP header starts, or the verdict already reached while walking
+/// the IP header.
+enum L4 {
+    Udp(usize),
+    Done(Counter, u32),
+}
+
+const PASS: u32 = xdp_action::XDP_PASS;
+const DROP: u32 = xdp_action::XDP_DROP;
+
+#[xdp]
+pub fn wan_rx(ctx: XdpContext) -> u32 {
+    count(Counter::RxPackets);
+    let (c, verdict) = match try_wan_rx(&ctx) {
+        Ok(v) => v,
+        // A datagram to our port whose headers end early.
+        Err(()) => (Counter::DropTruncated, DROP),
+    };
+    count(c);
+    verdict
+}
+
+#[inline(always)]
+fn try_wan_rx(ctx: &XdpContext) -> Result<(Counter, u32), ()> {
+    let port = match CONFIG.get(CONFIG_KEY) {
+        Some(cfg) if cfg.listen_port != 0 => cfg.listen_port,
+        _ => return Ok((Counter::PassNotWireguard, PASS)),
+    };
+
+    // Ethernet, with at most one 802.1Q/802.1ad tag.
+    let mut proto = match read_be16(ctx, 12) {
+        Ok(p) => p,
+        Err(()) => return Ok((Counter::PassNotWireguard, PASS)),
+    };
+    let mut l3 = ETH_HLEN;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = match read_be16(ctx, ETH_HLEN + 2) {
+            Ok(p) => p,
+            Err(()) => return Ok((Counter::PassNotWireguard, PASS)),
+        };
+        l3 += VLAN_HLEN;
+    }
+
+    // A packet whose IP or UDP header is cut short before we know its port is
+    // not known to be ours: the kernel gets it (and drops it).
+    let not_ours = L4::Done(Counter::PassNotWireguard, PASS);
+    let l4 = match proto {
+        ETH_P_IP => ipv4(ctx, l3).unwrap_or(not_ours),
+        ETH_P_IPV6 => ipv6(ctx, l3).unwrap_or(not_ours),
+        _ => not_ours,
+    };
+    let udp = match l4 {
+        L4::Udp(off) => off,
+        L4::Done(c, v) => return Ok((c, v)),
+    };
+
+    // The port check must come before any verdict on the UDP header itself:
+    // other UDP traffic is none of our business.
+    let dport = match load_be16(ctx, udp + 2) {
+        Ok(p) => p,
+        Err(()) => return Ok((Counter::PassNotWireguard, PASS)),
+    };
+    if dport != port {
+        return Ok((Counter::PassNotWireguard, PASS));
+    }
+    let udp_len = load_be16(ctx, udp + 4)? as usize;
+    let avail = ctx.data_end() - ctx.data();
+    if udp_len < UDP_HLEN || udp + udp_len > avail {
+        return Ok((Counter::DropBadHeader, DROP));
+    }
+    let payload = udp + UDP_HLEN;
+    let payload_len = udp_len - UDP_HLEN;
+    if payload_len < 4 {
+        return Ok((Counter::DropTooShort, DROP));
+    }
+    let head = load::<4>(ctx, payload)?;
+    Ok(match classify_framing(head, payload_len) {
+        Framing::Valid(c) => (c, PASS),
+        Framing::Invalid(c) => (c, DROP),
+    })
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<L4, ()> {
+    let vihl = read_u8(ctx, l3)?;
+    let ihl = ((vihl & 0x0F) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Ok(L4::Done(Counter::DropBadHeader, DROP));
+    }
+    if read_u8(ctx, l3 + 9)? != IPPROTO_UDP {
+        return Ok(L4::Done(Counter::PassNotWireguard, PASS));
+    }
+    let frag = read_be16(ctx, l3 + 6)?;
+    if frag & IPV4_OFFSET_MASK != 0 {
+        // No UDP header in this fragment: we cannot tell whose it is.
+        return Ok(L4::Done(Counter::PassFragmentOther, PASS));
+    }
+    let udp = l3 + ihl;
+    if frag & IPV4_MF != 0 {
+        // First fragment: the UDP header is here but the length field
+        // describes the whole datagram. Only ours is counted as ours.
+        let port = load_be16(ctx, udp + 2)?;
+        return Ok(fragment_first(port));
+    }
+    Ok(L4::Udp(udp))
+}
+
+#[inline(always)]
+fn fragment_first(dport: u16) -> L4 {
+    match CONFIG.get(CONFIG_KEY) {
+        Some(cfg) if cfg.listen_port == dport => L4::Done(Counter::PassFragmentFirst, PASS),
+        _ => L4::Done(Counter::PassNotWireguard, PASS),
+    }
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<L4, ()> {
+    if read_u8(ctx, l3)? >> 4 != 6 {
+        return Ok(L4::Done(Counter::DropBadHeader, DROP));
+    }
+    let mut next = read_u8(ctx, l3 + 6)?;
+    let mut off = l3 + IPV6_HLEN;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_UDP => return Ok(L4::Udp(off)),
+            IPPROTO_FRAGMENT => {
+                let fh = load::<4>(ctx, off)?;
+                if u16::from_be_bytes([fh[2], fh[3]]) & IPV6_FRAG_OFFSET_MASK != 0 {
+                    return Ok(L4::Done(Counter::PassFragmentOther, PASS));
+                }
+                if fh[0] != IPPROTO_UDP {
+                    return Ok(L4::Done(Counter::PassNotWireguard, PASS));
+                }
+                let port = load_be16(ctx, off + 8 + 2)?;
+                return Ok(fragment_first(port));
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let eh = load::<2>(ctx, off)?;
+                next = eh[0];
+                let hdr_len = (eh[1] as usize + 1) * 8;
+                off += hdr_len;
+            }
+            _ => return Ok(L4::Done(Counter::PassNotWireguard, PASS)),
+        }
+    }
+    if next == IPPROTO_UDP {
+        return Ok(L4::Udp(off));
+    }
+    Ok(L4::Done(Counter::PassNotWireguard, PASS))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
