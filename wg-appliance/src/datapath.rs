@@ -32,26 +32,26 @@ pub enum DatapathError {
     )]
     NoObject,
     #[error("loading the BPF programs failed: {0}. Fix: run as root (or with CAP_BPF and CAP_NET_ADMIN) on a kernel with BTF (/sys/kernel/btf/vmlinux)")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the BPF object has no {0}; the build is inconsistent, rebuild wg-appliance")]
     Missing(&'static str),
     #[error("BPF program {prog}: {source}")]
     Program {
         prog: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("BPF map {map}: {source}")]
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("attaching XDP to {ifname} failed in native mode ({native}) and in generic mode ({generic}). Fix: check that the interface exists in this network namespace (`ip link show {ifname}`) and that no other XDP program holds it (`ip link set dev {ifname} xdp off`)")]
     Attach {
         ifname: String,
-        native: aya::programs::ProgramError,
-        generic: aya::programs::ProgramError,
+        native: Box<aya::programs::ProgramError>,
+        generic: Box<aya::programs::ProgramError>,
     },
 }
 
@@ -96,7 +96,7 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
         {
             let map = ebpf
                 .map_mut("CONFIG")
@@ -104,7 +104,7 @@ impl Datapath {
             let mut config: Array<_, DatapathConfig> =
                 Array::try_from(map).map_err(|source| DatapathError::Map {
                     map: "CONFIG",
-                    source,
+                    source: source.into(),
                 })?;
             let value = DatapathConfig {
                 listen_port,
@@ -114,13 +114,13 @@ impl Datapath {
                 .set(CONFIG_KEY, value, 0)
                 .map_err(|source| DatapathError::Map {
                     map: "CONFIG",
-                    source,
+                    source: source.into(),
                 })?;
         }
         let prog = wan_rx(&mut ebpf)?;
         prog.load().map_err(|source| DatapathError::Program {
             prog: WAN_RX,
-            source,
+            source: source.into(),
         })?;
         Ok(Self {
             ebpf,
@@ -142,14 +142,14 @@ impl Datapath {
                 .map(|_| AttachMode::Native)
                 .map_err(|source| DatapathError::Program {
                     prog: WAN_RX,
-                    source,
+                    source: source.into(),
                 })?,
             ModePolicy::Generic => prog
                 .attach(ifname, XdpMode::Skb)
                 .map(|_| AttachMode::Generic)
                 .map_err(|source| DatapathError::Program {
                     prog: WAN_RX,
-                    source,
+                    source: source.into(),
                 })?,
             ModePolicy::Auto => match prog.attach(ifname, XdpMode::Driver) {
                 Ok(_) => AttachMode::Native,
@@ -161,8 +161,8 @@ impl Datapath {
                     Err(generic) => {
                         return Err(DatapathError::Attach {
                             ifname: ifname.to_owned(),
-                            native,
-                            generic,
+                            native: native.into(),
+                            generic: generic.into(),
                         })
                     }
                 },
@@ -187,7 +187,7 @@ impl Datapath {
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map {
                 map: "STATS",
-                source,
+                source: source.into(),
             })?;
         let mut out = BTreeMap::new();
         for c in Counter::ALL {
@@ -195,7 +195,7 @@ impl Datapath {
                 .get(&(c as u32), 0)
                 .map_err(|source| DatapathError::Map {
                     map: "STATS",
-                    source,
+                    source: source.into(),
                 })?;
             out.insert(c, per_cpu.iter().sum());
         }
@@ -207,7 +207,7 @@ impl Datapath {
         let prog = wan_rx(&mut self.ebpf)?;
         let fd = prog.fd().map_err(|source| DatapathError::Program {
             prog: WAN_RX,
-            source,
+            source: source.into(),
         })?;
         Ok(fd.as_fd().as_raw_fd())
     }
@@ -217,10 +217,11 @@ fn wan_rx(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     let prog = ebpf
         .program_mut(WAN_RX)
         .ok_or(DatapathError::Missing("wan_rx program"))?;
-    prog.try_into().map_err(|source| DatapathError::Program {
-        prog: WAN_RX,
-        source,
-    })
+    prog.try_into()
+        .map_err(|source: aya::programs::ProgramError| DatapathError::Program {
+            prog: WAN_RX,
+            source: source.into(),
+        })
 }
 
 /// A snapshot of the classifier's counters.

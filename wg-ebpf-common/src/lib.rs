@@ -180,7 +180,7 @@ pub fn classify_framing(head: [u8; 4], payload_len: usize) -> Framing {
             Framing::Invalid(Counter::DropBadHandshakeLength)
         }
         MSG_TRANSPORT_DATA
-            if payload_len >= TRANSPORT_MIN_LEN && payload_len % TRANSPORT_ALIGN == 0 =>
+            if payload_len >= TRANSPORT_MIN_LEN && payload_len.is_multiple_of(TRANSPORT_ALIGN) =>
         {
             Framing::Valid(Counter::PassTransportData)
         }
@@ -274,7 +274,7 @@ mod tests {
             for len in 4..=1500 {
                 let v = classify_framing([ty, 0, 0, 0], len);
                 let valid = matches!((ty, len), (1, 148) | (2, 92) | (3, 64))
-                    || (ty == 4 && len >= 32 && len % 16 == 0);
+                    || (ty == 4 && len >= 32 && len.is_multiple_of(16));
                 assert_eq!(matches!(v, Framing::Valid(_)), valid, "type {ty} len {len}");
             }
         }

@@ -1,1 +1,104 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|ci>`.
+//!
+//! The README's two commands are `cargo xtask demo` and `cargo xtask test`;
+//! both run `setup` first when something is missing, so a fresh machine
+//! needs nothing else.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "wg-appliance project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build, the tests and the demo need (idempotent).
+    Setup,
+    /// Build the BPF programs (and the library that embeds them).
+    BuildEbpf,
+    /// Run the lab in network namespaces and show what the data path does.
+    Demo,
+    /// Run every check and test: fmt, clippy, unit, BPF program and namespace tests.
+    Test,
+    /// What CI runs (`.ci/run`): the same as `test`.
+    Ci,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => setup::ensure().and_then(|()| build_ebpf()),
+        Task::Demo => setup::ensure().and_then(|()| demo::run()),
+        Task::Test | Task::Ci => setup::ensure().and_then(|()| test::run()),
+    };
+    if let Err(e) = result {
+        eprintln!("\nxtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Directory for tools installed by setup (boringtun-cli).
+pub fn tools_bin() -> PathBuf {
+    root().join("tools").join("bin")
+}
+
+/// PATH with the project's tools directory and cargo's bin directory first.
+pub fn path_env() -> String {
+    let mut parts = vec![tools_bin().display().to_string()];
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        parts.push(Path::new(&home).join("bin").display().to_string());
+    } else if let Some(home) = std::env::var_os("HOME") {
+        parts.push(Path::new(&home).join(".cargo/bin").display().to_string());
+    }
+    parts.push(std::env::var("PATH").unwrap_or_default());
+    parts.join(":")
+}
+
+/// Runs a command in the workspace root, inheriting stdio.
+pub fn sh(cmd: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(cmd)
+        .args(args)
+        .current_dir(root())
+        .env("PATH", path_env())
+        .status()
+        .with_context(|| format!("cannot run `{cmd}`"))?;
+    if !status.success() {
+        bail!("`{cmd} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    println!(
+        "==> building the BPF programs (wg-ebpf, nightly, bpfel-unknown-none) and wg-appliance"
+    );
+    sh(
+        "cargo",
+        &["build", "--release", "--package", "wg-appliance"],
+    )?;
+    let obj = root().join("target/bpf/bpfel-unknown-none/release/wg-ebpf");
+    println!("==> BPF object: {}", obj.display());
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! `cargo xtask test`: every check and test, then a summary with counts.
+//!
+//! Skips are counted apart from passes: a test that cannot run here calls
+//! `wg_appliance_tests::skip`, which appends to the file named by
+//! `WG_TEST_SKIP_LOG`; its libtest "ok" is then reported as skipped.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{path_env, root};
+
+struct StepResult {
+    name: String,
+    ok: bool,
+    took: Duration,
+}
+
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    failures: Vec<String>,
+}
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    let skip_log = root().join("target").join("test-skips.log");
+    std::fs::create_dir_all(root().join("target"))?;
+    let _ = std::fs::remove_file(&skip_log);
+
+    let mut steps = Vec::new();
+    steps.push(step(
+        "cargo fmt --check",
+        &["fmt", "--all", "--", "--check"],
+        None,
+    )?);
+    steps.push(step(
+        "cargo fmt --check (wg-ebpf)",
+        &[
+            "fmt",
+            "--manifest-path",
+            "wg-ebpf/Cargo.toml",
+            "--",
+            "--check",
+        ],
+        None,
+    )?);
+    steps.push(step(
+        "cargo clippy --all-targets -D warnings",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        None,
+    )?);
+
+    let mut counts = Counts::default();
+    let t = Instant::now();
+    let ok = cargo_test(&skip_log, &mut counts)?;
+    steps.push(StepResult {
+        name: "cargo test --workspace".into(),
+        ok,
+        took: t.elapsed(),
+    });
+
+    let skips: Vec<String> = std::fs::read_to_string(&skip_log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let skipped = skips.len() as u64;
+    let passed = counts.passed.saturating_sub(skipped);
+
+    println!("\n================ summary ================");
+    for s in &steps {
+        println!(
+            "  {:<44} {:>4}  {:>6.1?}",
+            s.name,
+            if s.ok { "ok" } else { "FAIL" },
+            s.took
+        );
+    }
+    println!(
+        "  tests: {passed} passed, {} failed, {skipped} skipped, {} ignored",
+        counts.failed, counts.ignored
+    );
+    for f in &counts.failures {
+        println!("  FAILED: {f}");
+    }
+    for s in &skips {
+        let (name, why) = s.split_once('\t').unwrap_or((s.as_str(), ""));
+        println!("  SKIPPED (machine lacks a capability): {name}: {why}");
+    }
+    println!("  total time: {:.1?}", start.elapsed());
+    println!("=========================================");
+    if steps.iter().any(|s| !s.ok) || counts.failed > 0 {
+        anyhow::bail!("some checks or tests failed (see the summary above)");
+    }
+    Ok(())
+}
+
+fn step(name: &str, args: &[&str], env: Option<(&str, &str)>) -> Result<StepResult> {
+    println!("\n==> {name}");
+    let t = Instant::now();
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(root()).env("PATH", path_env());
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let ok = cmd
+        .status()
+        .with_context(|| format!("cannot run cargo for {name}"))?
+        .success();
+    Ok(StepResult {
+        name: name.into(),
+        ok,
+        took: t.elapsed(),
+    })
+}
+
+/// Runs the workspace tests, echoing their output and tallying the libtest
+/// summary lines ("test result: ok. 3 passed; 0 failed; 1 ignored; ...").
+fn cargo_test(skip_log: &std::path::Path, counts: &mut Counts) -> Result<bool> {
+    println!("\n==> cargo test --workspace (unit, property, BPF program and namespace tests)");
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--no-fail-fast", "--color", "never"])
+        .current_dir(root())
+        .env("PATH", path_env())
+        .env("WG_TEST_SKIP_LOG", skip_log)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => counts.passed += n,
+                    "failed" => counts.failed += n,
+                    "ignored" => counts.ignored += n,
+                    _ => {}
+                }
+            }
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            counts.failures.push(name.to_owned());
+        }
+    }
+    Ok(child.wait()?.success())
+}
