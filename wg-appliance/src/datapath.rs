@@ -217,11 +217,12 @@ fn wan_rx(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     let prog = ebpf
         .program_mut(WAN_RX)
         .ok_or(DatapathError::Missing("wan_rx program"))?;
-    prog.try_into()
-        .map_err(|source: aya::programs::ProgramError| DatapathError::Program {
+    prog.try_into().map_err(
+        |source: aya::programs::ProgramError| DatapathError::Program {
             prog: WAN_RX,
             source: source.into(),
-        })
+        },
+    )
 }
 
 /// A snapshot of the classifier's counters.

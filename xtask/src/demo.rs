@@ -366,11 +366,12 @@ fn send_junk(ns: &str) -> Result<usize> {
             }
             let sock = UdpSocket::bind("0.0.0.0:0")?;
             let dst = format!("{GW_ADDR}:{PORT}");
-            let mut junk: Vec<Vec<u8>> = Vec::new();
-            junk.push(vec![7, 0, 0, 0, 1, 2, 3, 4]); // unknown type
-            junk.push([vec![1, 0, 9, 0], vec![0; 144]].concat()); // reserved not zero
-            junk.push([vec![1, 0, 0, 0], vec![0; 100]].concat()); // initiation of the wrong size
-            junk.push([vec![4, 0, 0, 0], vec![0; 37]].concat()); // data not a multiple of 16
+            let junk: [Vec<u8>; 4] = [
+                vec![7, 0, 0, 0, 1, 2, 3, 4],              // unknown type
+                [vec![1, 0, 9, 0], vec![0; 144]].concat(), // reserved not zero
+                [vec![1, 0, 0, 0], vec![0; 100]].concat(), // initiation of the wrong size
+                [vec![4, 0, 0, 0], vec![0; 37]].concat(),  // data not a multiple of 16
+            ];
             let mut n = 0;
             for _ in 0..50 {
                 for j in &junk {
