@@ -254,4 +254,5 @@ impl fmt::Display for Counters {
     }
 }
 
+pub mod aead_probe;
 pub mod test_run;

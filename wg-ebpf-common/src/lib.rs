@@ -7,6 +7,7 @@
 //! `user` feature, which only userspace enables.
 #![no_std]
 
+pub mod aead;
 pub mod wire;
 
 /// WireGuard message types (the first byte of every message).

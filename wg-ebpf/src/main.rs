@@ -9,6 +9,8 @@
 #![no_std]
 #![no_main]
 
+mod aead_test;
+
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
