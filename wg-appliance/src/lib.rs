@@ -6,9 +6,11 @@
 //! holds no protocol logic.
 
 pub mod allowed_ips;
+pub mod config;
 pub mod cookie;
 pub mod datapath;
 pub mod keys;
 pub mod noise;
 pub mod session;
 pub mod timers;
+pub mod uapi;
