@@ -31,6 +31,7 @@ fn run() -> anyhow::Result<()> {
         "wg-ebpf/src",
         "wg-ebpf/Cargo.toml",
         "wg-ebpf/Cargo.lock",
+        "wg-ebpf/.cargo/config.toml",
         "wg-ebpf-common/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());

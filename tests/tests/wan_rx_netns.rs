@@ -80,7 +80,7 @@ fn wan_rx_on_veth_counts_real_datagrams() {
         wg_message(0, [0; 3], 148),    // bad type
         wg_message(1, [0, 0, 1], 148), // bad reserved
         wg_message(1, [0; 3], 100),    // bad handshake length
-        wg_message(4, [0; 3], 33),     // bad data length
+        wg_message(4, [0; 3], 31),     // bad data length (below 32)
         vec![4, 0],                    // too short
     ];
     // A datagram larger than the MTU leaves the peer in three IPv4 fragments.

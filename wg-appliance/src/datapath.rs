@@ -2,34 +2,48 @@
 //!
 //! This module owns the BPF object embedded at build time (see `build.rs`),
 //! attaches programs to interfaces (native XDP first, generic only when the
-//! driver refuses native), and reads the counters back. It holds no protocol
-//! logic. Programs attached through bpf_link detach when the [`Datapath`] is
-//! dropped, so a failed start leaves nothing half-attached.
+//! driver refuses native), and reads and writes the maps through typed
+//! methods. It holds no protocol logic. Programs attached through bpf_link
+//! detach when the [`Datapath`] is dropped, so a failed start leaves nothing
+//! half-attached.
 
 use std::{
     collections::BTreeMap,
     fmt,
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd, RawFd},
 };
 
 use aya::{
-    maps::{Array, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, CpuMap, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf,
+    },
     programs::{Xdp, XdpMode},
     Ebpf,
 };
-use wg_ebpf_common::{Counter, DatapathConfig, CONFIG_KEY};
+use wg_ebpf_common::{
+    maps::{Peer, PeerStats, Session, TunnelConfig, MAX_CPUS},
+    Counter, DatapathConfig, CONFIG_KEY,
+};
 
 /// The BPF object built from `wg-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WG_EBPF_OBJ"));
 
-/// Name of the WAN classifier program in the object.
+/// Program names in the object.
 pub const WAN_RX: &str = "wan_rx";
+pub const TUN_TX: &str = "tun_tx";
+pub const WG_PASS: &str = "wg_pass";
+pub const CRYPT_RX: &str = "crypt_rx";
+pub const CRYPT_TX: &str = "crypt_tx";
+
+/// Frames queued per CPU in front of the crypto programs. 2,048 absorbs a
+/// 64 KiB TCP burst of full-size packets several times over.
+const CPUMAP_QUEUE: u32 = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error(
-        "this binary was built without BPF programs (WG_APPLIANCE_SKIP_EBPF=1); rebuild without it"
-    )]
+    #[error("this binary was built without BPF programs (WG_APPLIANCE_SKIP_EBPF=1); rebuild without it")]
     NoObject,
     #[error("loading the BPF programs failed: {0}. Fix: run as root (or with CAP_BPF and CAP_NET_ADMIN) on a kernel with BTF (/sys/kernel/btf/vmlinux)")]
     Load(#[source] Box<aya::EbpfError>),
@@ -47,12 +61,32 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("BPF map {map}: {source}")]
+    XdpMap {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
     #[error("attaching XDP to {ifname} failed in native mode ({native}) and in generic mode ({generic}). Fix: check that the interface exists in this network namespace (`ip link show {ifname}`) and that no other XDP program holds it (`ip link set dev {ifname} xdp off`)")]
     Attach {
         ifname: String,
         native: Box<aya::programs::ProgramError>,
         generic: Box<aya::programs::ProgramError>,
     },
+    #[error("CPU {0} is not usable for steering (at most {MAX_CPUS} CPUs, numbered from 0, and online). Fix: choose CPUs from /sys/devices/system/cpu/online")]
+    BadCpu(u32),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source: source.into() }
+}
+
+fn xdp_map_err(map: &'static str) -> impl FnOnce(aya::maps::xdp::XdpMapError) -> DatapathError {
+    move |source| DatapathError::XdpMap { map, source: source.into() }
+}
+
+fn prog_err(prog: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { prog, source: source.into() }
 }
 
 /// The XDP mode an attachment ended up in.
@@ -83,6 +117,28 @@ pub enum ModePolicy {
     Generic,
 }
 
+/// What the tunnel programs need to know about the interface pair.
+#[derive(Clone, Debug)]
+pub struct TunnelSetup {
+    /// `wg0`: the interface the kernel and the user see.
+    pub wg_ifname: String,
+    pub wg_mac: [u8; 6],
+    /// `wg0x`: its veth peer, where `tun_tx` runs.
+    pub wgx_ifname: String,
+    pub wgx_ifindex: u32,
+    /// MTU of `wg0`.
+    pub mtu: u16,
+    /// TCP MSS to clamp to for inner IPv4 / IPv6 (0: off).
+    pub mss_v4: u16,
+    pub mss_v6: u16,
+    /// Spread one tunnel per packet (true) or keep a peer on one CPU.
+    pub per_packet: bool,
+    /// CPUs to steer over.
+    pub cpus: Vec<u32>,
+    /// Test hook: REJECT_AFTER_TIME override in seconds (0: the protocol's).
+    pub reject_after_time_secs: u32,
+}
+
 /// The loaded data path.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -96,66 +152,49 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
+        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
+        let mut dp = Self { ebpf, attached: Vec::new() };
         {
-            let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(DatapathError::Missing("CONFIG map"))?;
             let mut config: Array<_, DatapathConfig> =
-                Array::try_from(map).map_err(|source| DatapathError::Map {
-                    map: "CONFIG",
-                    source: source.into(),
-                })?;
-            let value = DatapathConfig {
-                listen_port,
-                ..Default::default()
-            };
-            config
-                .set(CONFIG_KEY, value, 0)
-                .map_err(|source| DatapathError::Map {
-                    map: "CONFIG",
-                    source: source.into(),
-                })?;
+                Array::try_from(dp.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+            let value = DatapathConfig { listen_port, ..Default::default() };
+            config.set(CONFIG_KEY, value, 0).map_err(map_err("CONFIG"))?;
         }
-        let prog = wan_rx(&mut ebpf)?;
-        prog.load().map_err(|source| DatapathError::Program {
-            prog: WAN_RX,
-            source: source.into(),
-        })?;
-        Ok(Self {
-            ebpf,
-            attached: Vec::new(),
-        })
+        for name in [WAN_RX, WG_PASS, TUN_TX, CRYPT_RX, CRYPT_TX] {
+            dp.xdp(name)?.load().map_err(prog_err(name))?;
+        }
+        Ok(dp)
     }
 
-    /// Attaches `wan_rx` to `ifname` in the calling thread's network
-    /// namespace. Returns the mode used.
-    pub fn attach_wan(
-        &mut self,
-        ifname: &str,
-        policy: ModePolicy,
-    ) -> Result<AttachMode, DatapathError> {
-        let prog = wan_rx(&mut self.ebpf)?;
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+        self.ebpf.map_mut(name).ok_or(DatapathError::Missing(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
+        self.ebpf.map(name).ok_or(DatapathError::Missing(name))
+    }
+
+    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
+        let prog = self.ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?;
+        prog.try_into().map_err(prog_err(name))
+    }
+
+    fn attach(&mut self, prog: &'static str, ifname: &str, policy: ModePolicy) -> Result<AttachMode, DatapathError> {
+        let xdp = self.xdp(prog)?;
         let mode = match policy {
-            ModePolicy::Native => prog
+            ModePolicy::Native => xdp
                 .attach(ifname, XdpMode::Driver)
                 .map(|_| AttachMode::Native)
-                .map_err(|source| DatapathError::Program {
-                    prog: WAN_RX,
-                    source: source.into(),
-                })?,
-            ModePolicy::Generic => prog
+                .map_err(prog_err(prog))?,
+            ModePolicy::Generic => xdp
                 .attach(ifname, XdpMode::Skb)
                 .map(|_| AttachMode::Generic)
-                .map_err(|source| DatapathError::Program {
-                    prog: WAN_RX,
-                    source: source.into(),
-                })?,
-            ModePolicy::Auto => match prog.attach(ifname, XdpMode::Driver) {
+                .map_err(prog_err(prog))?,
+            ModePolicy::Auto => match xdp.attach(ifname, XdpMode::Driver) {
                 Ok(_) => AttachMode::Native,
-                Err(native) => match prog.attach(ifname, XdpMode::Skb) {
+                Err(native) => match xdp.attach(ifname, XdpMode::Skb) {
                     Ok(_) => {
-                        tracing::warn!(interface = ifname, error = %native, "native XDP refused; using generic XDP (slower)");
+                        tracing::warn!(interface = ifname, program = prog, error = %native, "native XDP refused; using generic XDP (slower)");
                         AttachMode::Generic
                     }
                     Err(generic) => {
@@ -168,8 +207,72 @@ impl Datapath {
                 },
             },
         };
-        tracing::info!(interface = ifname, mode = %mode, "wan_rx attached");
+        tracing::info!(interface = ifname, program = prog, mode = %mode, "XDP program attached");
         self.attached.push((ifname.to_owned(), mode));
+        Ok(mode)
+    }
+
+    /// Attaches `wan_rx` to `ifname` in the calling thread's network
+    /// namespace, and registers it as an egress port. Returns the mode used.
+    pub fn attach_wan(&mut self, ifname: &str, policy: ModePolicy) -> Result<AttachMode, DatapathError> {
+        let mode = self.attach(WAN_RX, ifname, policy)?;
+        if let Some(ifindex) = ifindex(ifname) {
+            let mut ports = DevMapHash::try_from(self.map_mut("TX_PORTS")?).map_err(map_err("TX_PORTS"))?;
+            ports.insert(ifindex, ifindex, None, 0).map_err(xdp_map_err("TX_PORTS"))?;
+        }
+        Ok(mode)
+    }
+
+    /// Sets up the tunnel side: `wg_pass` on `wg0`, `tun_tx` on `wg0x`,
+    /// the crypto programs on every steering CPU, and the tunnel config.
+    /// Returns the XDP mode of `tun_tx`.
+    pub fn attach_tunnel(&mut self, t: &TunnelSetup, policy: ModePolicy) -> Result<AttachMode, DatapathError> {
+        let online = online_cpus();
+        let mut cfg = TunnelConfig {
+            wg_mac: t.wg_mac,
+            mss_v4: t.mss_v4,
+            mss_v6: t.mss_v6,
+            mtu: t.mtu,
+            wgx_ifindex: t.wgx_ifindex,
+            steering: if t.per_packet {
+                wg_ebpf_common::maps::STEER_PER_PACKET
+            } else {
+                wg_ebpf_common::maps::STEER_PER_PEER
+            },
+            reject_after_time_secs: t.reject_after_time_secs,
+            ..Default::default()
+        };
+        for (i, &cpu) in t.cpus.iter().enumerate() {
+            if cpu >= MAX_CPUS || !online.contains(&cpu) || i >= MAX_CPUS as usize {
+                return Err(DatapathError::BadCpu(cpu));
+            }
+            cfg.cpus[i] = cpu;
+        }
+        cfg.ncpus = t.cpus.len() as u32;
+        {
+            let rx_fd = self.xdp(CRYPT_RX)?.fd().map_err(prog_err(CRYPT_RX))?.try_clone().map_err(|e| {
+                DatapathError::Program { prog: CRYPT_RX, source: Box::new(aya::programs::ProgramError::IOError(e)) }
+            })?;
+            let tx_fd = self.xdp(CRYPT_TX)?.fd().map_err(prog_err(CRYPT_TX))?.try_clone().map_err(|e| {
+                DatapathError::Program { prog: CRYPT_TX, source: Box::new(aya::programs::ProgramError::IOError(e)) }
+            })?;
+            for (name, fd) in [("CPUS_RX", &rx_fd), ("CPUS_TX", &tx_fd)] {
+                let mut cpumap = CpuMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+                for &cpu in &t.cpus {
+                    cpumap.set(cpu, CPUMAP_QUEUE, Some(fd), 0).map_err(xdp_map_err(name))?;
+                }
+            }
+        }
+        {
+            let mut ports = DevMapHash::try_from(self.map_mut("TX_PORTS")?).map_err(map_err("TX_PORTS"))?;
+            ports.insert(t.wgx_ifindex, t.wgx_ifindex, None, 0).map_err(xdp_map_err("TX_PORTS"))?;
+        }
+        // The config goes in before the programs are attached, so that
+        // `wan_rx` starts steering only once everything behind it exists.
+        self.attach(WG_PASS, &t.wg_ifname, policy)?;
+        let mode = self.attach(TUN_TX, &t.wgx_ifname, policy)?;
+        let mut tunnel: Array<_, TunnelConfig> = Array::try_from(self.map_mut("TUNNEL")?).map_err(map_err("TUNNEL"))?;
+        tunnel.set(0, cfg, 0).map_err(map_err("TUNNEL"))?;
         Ok(mode)
     }
 
@@ -178,54 +281,172 @@ impl Datapath {
         &self.attached
     }
 
-    /// The `wan_rx` counters, summed over all CPUs.
+    /// Writes a peer slot.
+    pub fn set_peer(&mut self, id: u32, peer: &Peer) -> Result<(), DatapathError> {
+        let mut peers: Array<_, Peer> = Array::try_from(self.map_mut("PEERS")?).map_err(map_err("PEERS"))?;
+        peers.set(id, peer, 0).map_err(map_err("PEERS"))
+    }
+
+    /// Reads a peer slot (the data path updates endpoints on roaming).
+    pub fn peer(&self, id: u32) -> Result<Peer, DatapathError> {
+        let peers: Array<_, Peer> = Array::try_from(self.map("PEERS")?).map_err(map_err("PEERS"))?;
+        peers.get(&id, 0).map_err(map_err("PEERS"))
+    }
+
+    /// Routes `prefix` to peer `id` (and accepts it as a source from them).
+    pub fn add_allowed(&mut self, addr: IpAddr, prefix_len: u8, id: u32) -> Result<(), DatapathError> {
+        match addr {
+            IpAddr::V4(a) => {
+                let mut t: LpmTrie<_, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V4")?).map_err(map_err("ALLOWED_V4"))?;
+                t.insert(&Key::new(prefix_len as u32, a.octets()), id, 0).map_err(map_err("ALLOWED_V4"))
+            }
+            IpAddr::V6(a) => {
+                let mut t: LpmTrie<_, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V6")?).map_err(map_err("ALLOWED_V6"))?;
+                t.insert(&Key::new(prefix_len as u32, a.octets()), id, 0).map_err(map_err("ALLOWED_V6"))
+            }
+        }
+    }
+
+    /// Removes a prefix (absent prefixes are not an error).
+    pub fn remove_allowed(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), DatapathError> {
+        let r = match addr {
+            IpAddr::V4(a) => {
+                let mut t: LpmTrie<_, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V4")?).map_err(map_err("ALLOWED_V4"))?;
+                t.remove(&Key::new(prefix_len as u32, a.octets()))
+            }
+            IpAddr::V6(a) => {
+                let mut t: LpmTrie<_, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V6")?).map_err(map_err("ALLOWED_V6"))?;
+                t.remove(&Key::new(prefix_len as u32, a.octets()))
+            }
+        };
+        match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("ALLOWED")(e)),
+        }
+    }
+
+    /// Installs (or replaces) the session for local receiver index `index`.
+    pub fn install_session(&mut self, index: u32, s: &Session) -> Result<(), DatapathError> {
+        let mut m: HashMap<_, u32, Session> = HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        m.insert(index, s, 0).map_err(map_err("SESSIONS"))
+    }
+
+    /// Reads a session back (tests, and the control plane's view of the
+    /// send counter).
+    pub fn session(&self, index: u32) -> Result<Option<Session>, DatapathError> {
+        let m: HashMap<_, u32, Session> = HashMap::try_from(self.map("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        match m.get(&index, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("SESSIONS")(e)),
+        }
+    }
+
+    /// Removes a session; absent is fine.
+    pub fn remove_session(&mut self, index: u32) -> Result<(), DatapathError> {
+        let mut m: HashMap<_, u32, Session> = HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        match m.remove(&index) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("SESSIONS")(e)),
+        }
+    }
+
+    /// A peer's traffic counters summed over CPUs; the timestamps are the
+    /// latest of any CPU.
+    pub fn peer_stats(&self, id: u32) -> Result<PeerStats, DatapathError> {
+        let m: PerCpuArray<_, PeerStats> =
+            PerCpuArray::try_from(self.map("PEER_STATS")?).map_err(map_err("PEER_STATS"))?;
+        let per_cpu = m.get(&id, 0).map_err(map_err("PEER_STATS"))?;
+        let mut out = PeerStats::default();
+        for s in per_cpu.iter() {
+            out.rx_bytes += s.rx_bytes;
+            out.rx_packets += s.rx_packets;
+            out.tx_bytes += s.tx_bytes;
+            out.tx_packets += s.tx_packets;
+            out.last_rx_ns = out.last_rx_ns.max(s.last_rx_ns);
+            out.last_tx_ns = out.last_tx_ns.max(s.last_tx_ns);
+            out.last_rx_data_ns = out.last_rx_data_ns.max(s.last_rx_data_ns);
+            out.last_tx_data_ns = out.last_tx_data_ns.max(s.last_tx_data_ns);
+        }
+        Ok(out)
+    }
+
+    /// Takes the event ring buffer (once) for the control plane's loop.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(DatapathError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(map_err("EVENTS"))
+    }
+
+    /// All counters, summed over all CPUs.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        let map = self
-            .ebpf
-            .map("STATS")
-            .ok_or(DatapathError::Missing("STATS map"))?;
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map {
-                map: "STATS",
-                source: source.into(),
-            })?;
+        let per_cpu = self.counters_per_cpu()?;
+        Ok(Counters(per_cpu.into_iter().map(|(c, v)| (c, v.iter().sum())).collect()))
+    }
+
+    /// All counters, one value per possible CPU (index = CPU number).
+    pub fn counters_per_cpu(&self) -> Result<BTreeMap<Counter, Vec<u64>>, DatapathError> {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("STATS")?).map_err(map_err("STATS"))?;
         let mut out = BTreeMap::new();
         for c in Counter::ALL {
-            let per_cpu = stats
-                .get(&(c as u32), 0)
-                .map_err(|source| DatapathError::Map {
-                    map: "STATS",
-                    source: source.into(),
-                })?;
-            out.insert(c, per_cpu.iter().sum());
+            let per_cpu = stats.get(&(c as u32), 0).map_err(map_err("STATS"))?;
+            out.insert(c, per_cpu.iter().copied().collect());
         }
-        Ok(Counters(out))
+        Ok(out)
+    }
+
+    /// The raw fd of a loaded program, for BPF_PROG_TEST_RUN.
+    pub fn prog_fd(&mut self, name: &'static str) -> Result<RawFd, DatapathError> {
+        let fd = self.xdp(name)?.fd().map_err(prog_err(name))?;
+        Ok(fd.as_fd().as_raw_fd())
     }
 
     /// The raw fd of the `wan_rx` program, for BPF_PROG_TEST_RUN.
     pub fn wan_rx_fd(&mut self) -> Result<RawFd, DatapathError> {
-        let prog = wan_rx(&mut self.ebpf)?;
-        let fd = prog.fd().map_err(|source| DatapathError::Program {
-            prog: WAN_RX,
-            source: source.into(),
-        })?;
-        Ok(fd.as_fd().as_raw_fd())
+        self.prog_fd(WAN_RX)
     }
 }
 
-fn wan_rx(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    let prog = ebpf
-        .program_mut(WAN_RX)
-        .ok_or(DatapathError::Missing("wan_rx program"))?;
-    prog.try_into().map_err(
-        |source: aya::programs::ProgramError| DatapathError::Program {
-            prog: WAN_RX,
-            source: source.into(),
-        },
-    )
+/// ifindex of `ifname` in the calling thread's network namespace.
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(ifname).ok()?;
+    // SAFETY: valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
-/// A snapshot of the classifier's counters.
+/// CPUs currently online (from /sys; all possible CPUs if unreadable).
+pub fn online_cpus() -> Vec<u32> {
+    let parsed = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()));
+    parsed.unwrap_or_else(|| {
+        (0..std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)).collect()
+    })
+}
+
+/// Parses a kernel CPU list such as `0-3,6,8-9`.
+pub fn parse_cpu_list(s: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                if b < a || b - a > 4096 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.trim().parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
+/// A snapshot of the data path's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters(pub BTreeMap<Counter, u64>);
 
@@ -236,12 +457,7 @@ impl Counters {
 
     /// Counter-wise difference `self - earlier` (saturating).
     pub fn since(&self, earlier: &Counters) -> Counters {
-        Counters(
-            self.0
-                .iter()
-                .map(|(c, v)| (*c, v.saturating_sub(earlier.get(*c))))
-                .collect(),
-        )
+        Counters(self.0.iter().map(|(c, v)| (*c, v.saturating_sub(earlier.get(*c)))).collect())
     }
 }
 
@@ -256,3 +472,16 @@ impl fmt::Display for Counters {
 
 pub mod aead_probe;
 pub mod test_run;
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,6"), Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+}

@@ -6,8 +6,14 @@
 //! on the layout byte for byte; `aya::Pod` is implemented only with the
 //! `user` feature, which only userspace enables.
 #![no_std]
+// BPF has atomic fetch-and-op but the target declares no CAS; see `atomic`.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features, incomplete_features))]
 
 pub mod aead;
+pub mod atomic;
+pub mod maps;
+pub mod replay;
 pub mod wire;
 
 /// WireGuard message types (the first byte of every message).
@@ -25,6 +31,7 @@ pub const COOKIE_REPLY_LEN: usize = 64;
 pub const TRANSPORT_HEADER_LEN: usize = 16;
 pub const AEAD_TAG_LEN: usize = 16;
 pub const TRANSPORT_MIN_LEN: usize = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN;
+/// Senders pad plaintext to a multiple of this, but never past the MTU.
 pub const TRANSPORT_ALIGN: usize = 16;
 
 /// Protocol timing and limits, with the protocol's own names.
@@ -93,14 +100,56 @@ pub enum Counter {
     DropBadReserved,
     /// Dropped: a handshake or cookie message with a length other than 148/92/64.
     DropBadHandshakeLength,
-    /// Dropped: a transport data message shorter than 32 bytes or not a
-    /// multiple of 16.
+    /// Dropped: a transport data message shorter than 32 bytes.
     DropBadDataLength,
+    /// Dropped: transport data for a receiver index with no session.
+    DropUnknownIndex,
+    /// Dropped: handshake message over the per-source rate limit.
+    DropHandshakeRateLimited,
+    /// Dropped: the counter was seen before or is too old (replay window).
+    DropReplay,
+    /// Dropped: the Poly1305 tag did not verify.
+    DropAuthFailed,
+    /// Dropped: the session is past REJECT_AFTER_TIME / REJECT_AFTER_MESSAGES
+    /// or not yet usable in this direction.
+    DropSessionExpired,
+    /// Dropped: decrypted inner packet is not valid IPv4/IPv6.
+    DropBadInner,
+    /// Dropped: inner source address not in the sending peer's AllowedIPs.
+    DropAllowedIps,
+    /// Dropped: no peer's AllowedIPs covers the inner destination.
+    DropNoPeer,
+    /// Dropped: the peer has no endpoint yet.
+    DropNoEndpoint,
+    /// Dropped: the FIB has no route or no neighbour for the endpoint.
+    DropNoRoute,
+    /// Dropped: the packet could not be resized or redirected.
+    DropInternal,
+    /// Dropped: no session, and the ring buffer to the control plane is full.
+    DropEventsFull,
+    /// Transport data redirected to a CPU for decryption.
+    RxSteered,
+    /// Authenticated data packet delivered into the tunnel interface.
+    RxDelivered,
+    /// Authenticated keepalive (empty payload) received.
+    RxKeepalive,
+    /// Inner packet steered to a CPU for encryption.
+    TxSteered,
+    /// Encrypted packet sent out of a WAN interface.
+    TxSent,
+    /// Keepalive sent on the control plane's request.
+    TxKeepalive,
+    /// Inner packet handed to the control plane to wait for a handshake.
+    TxStaged,
+    /// TCP MSS option lowered to fit the tunnel.
+    MssClamped,
+    /// Peer endpoint updated from an authenticated packet (roaming).
+    EndpointRoamed,
 }
 
 impl Counter {
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = Counter::DropBadDataLength as u32 + 1;
+    pub const COUNT: u32 = Counter::EndpointRoamed as u32 + 1;
 
     /// All counters in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -119,7 +168,34 @@ impl Counter {
         Counter::DropBadReserved,
         Counter::DropBadHandshakeLength,
         Counter::DropBadDataLength,
+        Counter::DropUnknownIndex,
+        Counter::DropHandshakeRateLimited,
+        Counter::DropReplay,
+        Counter::DropAuthFailed,
+        Counter::DropSessionExpired,
+        Counter::DropBadInner,
+        Counter::DropAllowedIps,
+        Counter::DropNoPeer,
+        Counter::DropNoEndpoint,
+        Counter::DropNoRoute,
+        Counter::DropInternal,
+        Counter::DropEventsFull,
+        Counter::RxSteered,
+        Counter::RxDelivered,
+        Counter::RxKeepalive,
+        Counter::TxSteered,
+        Counter::TxSent,
+        Counter::TxKeepalive,
+        Counter::TxStaged,
+        Counter::MssClamped,
+        Counter::EndpointRoamed,
     ];
+
+    /// The counter with map index `i`.
+    #[inline(always)]
+    pub fn from_index(i: u32) -> Option<Counter> {
+        Counter::ALL.get(i as usize).copied()
+    }
 
     /// Stable snake_case name, used in metrics and the CLI.
     pub const fn name(self) -> &'static str {
@@ -139,12 +215,34 @@ impl Counter {
             Counter::DropBadReserved => "drop_bad_reserved",
             Counter::DropBadHandshakeLength => "drop_bad_handshake_length",
             Counter::DropBadDataLength => "drop_bad_data_length",
+            Counter::DropUnknownIndex => "drop_unknown_index",
+            Counter::DropHandshakeRateLimited => "drop_handshake_rate_limited",
+            Counter::DropReplay => "drop_replay",
+            Counter::DropAuthFailed => "drop_auth_failed",
+            Counter::DropSessionExpired => "drop_session_expired",
+            Counter::DropBadInner => "drop_bad_inner",
+            Counter::DropAllowedIps => "drop_allowed_ips",
+            Counter::DropNoPeer => "drop_no_peer",
+            Counter::DropNoEndpoint => "drop_no_endpoint",
+            Counter::DropNoRoute => "drop_no_route",
+            Counter::DropInternal => "drop_internal",
+            Counter::DropEventsFull => "drop_events_full",
+            Counter::RxSteered => "rx_steered",
+            Counter::RxDelivered => "rx_delivered",
+            Counter::RxKeepalive => "rx_keepalive",
+            Counter::TxSteered => "tx_steered",
+            Counter::TxSent => "tx_sent",
+            Counter::TxKeepalive => "tx_keepalive",
+            Counter::TxStaged => "tx_staged",
+            Counter::MssClamped => "mss_clamped",
+            Counter::EndpointRoamed => "endpoint_roamed",
         }
     }
 
     /// True for the counters that record a dropped packet.
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Counter::DropTruncated as u32)
+        let i = self as u32;
+        i >= Counter::DropTruncated as u32 && i <= Counter::DropEventsFull as u32
     }
 }
 
@@ -180,9 +278,10 @@ pub fn classify_framing(head: [u8; 4], payload_len: usize) -> Framing {
         MSG_HANDSHAKE_INITIATION | MSG_HANDSHAKE_RESPONSE | MSG_COOKIE_REPLY => {
             Framing::Invalid(Counter::DropBadHandshakeLength)
         }
-        MSG_TRANSPORT_DATA
-            if payload_len >= TRANSPORT_MIN_LEN && payload_len.is_multiple_of(TRANSPORT_ALIGN) =>
-        {
+        // Not "a multiple of 16": senders pad the plaintext to 16 but never
+        // past the tunnel MTU, so a full-MTU packet's message is not aligned
+        // (the Linux driver's calculate_skb_padding).
+        MSG_TRANSPORT_DATA if payload_len >= TRANSPORT_MIN_LEN => {
             Framing::Valid(Counter::PassTransportData)
         }
         MSG_TRANSPORT_DATA => Framing::Invalid(Counter::DropBadDataLength),
@@ -275,7 +374,7 @@ mod tests {
             for len in 4..=1500 {
                 let v = classify_framing([ty, 0, 0, 0], len);
                 let valid = matches!((ty, len), (1, 148) | (2, 92) | (3, 64))
-                    || (ty == 4 && len >= 32 && len.is_multiple_of(16));
+                    || (ty == 4 && len >= 32);
                 assert_eq!(matches!(v, Framing::Valid(_)), valid, "type {ty} len {len}");
             }
         }

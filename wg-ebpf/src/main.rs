@@ -14,9 +14,8 @@ mod aead_test;
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
-    helpers::bpf_xdp_load_bytes,
-    macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    macros::xdp,
     programs::XdpContext,
 };
 use wg_ebpf_common::{
@@ -27,30 +26,22 @@ use wg_ebpf_common::{
         IPV4_OFFSET_MASK, IPV6_FRAG_OFFSET_MASK, IPV6_HLEN, IPV6_MAX_EXT_HEADERS, UDP_HLEN,
         VLAN_HLEN,
     },
-    Counter, DatapathConfig, Framing, CONFIG_KEY,
+    maps::{STEER_PER_PACKET, MAX_CPUS},
+    Counter, Framing, CONFIG_KEY,
 };
 
-/// Data-path configuration (one entry), written by userspace before attach.
-#[map]
-static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+mod aead_glue;
+mod crypt;
+mod inner;
+mod maps;
+mod tunnel;
 
-/// Per-CPU packet counters indexed by `Counter`. Per-CPU so the hot path
-/// never contends on a cache line; userspace sums at read time.
-#[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(v) = STATS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *v += 1 };
-    }
-}
+use maps::{count, CONFIG, CPUS_RX, RR, SESSIONS, TUNNEL};
 
 /// The one bounds-checked accessor: a pointer to `T` at `off`, or `Err` when
 /// the packet ends first.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ()> {
+pub(crate) fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ()> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -60,13 +51,13 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ()> {
 }
 
 #[inline(always)]
-fn read_u8(ctx: &XdpContext, off: usize) -> Result<u8, ()> {
+pub(crate) fn read_u8(ctx: &XdpContext, off: usize) -> Result<u8, ()> {
     // SAFETY: ptr_at checked the bounds.
     Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
 }
 
 #[inline(always)]
-fn read_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
+pub(crate) fn read_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
     // SAFETY: ptr_at checked the bounds; unaligned read of two bytes.
     let b = unsafe { *ptr_at::<[u8; 2]>(ctx, off)? };
     Ok(u16::from_be_bytes(b))
@@ -77,7 +68,7 @@ fn read_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
 /// LLVM rewrites direct-access bounds checks into scalar comparisons the
 /// verifier cannot follow. The helper checks the bounds itself.
 #[inline(always)]
-fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
+pub(crate) fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
     let mut buf = [0u8; N];
     // SAFETY: buf is N writable bytes; the helper fails (non-zero) instead of
     // reading past the packet.
@@ -96,7 +87,7 @@ fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
 }
 
 #[inline(always)]
-fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
+pub(crate) fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
     load::<2>(ctx, off).map(u16::from_be_bytes)
 }
 
@@ -107,8 +98,8 @@ enum L4 {
     Done(Counter, u32),
 }
 
-const PASS: u32 = xdp_action::XDP_PASS;
-const DROP: u32 = xdp_action::XDP_DROP;
+pub(crate) const PASS: u32 = xdp_action::XDP_PASS;
+pub(crate) const DROP: u32 = xdp_action::XDP_DROP;
 
 #[xdp]
 pub fn wan_rx(ctx: XdpContext) -> u32 {
@@ -176,10 +167,88 @@ fn try_wan_rx(ctx: &XdpContext) -> Result<(Counter, u32), ()> {
         return Ok((Counter::DropTooShort, DROP));
     }
     let head = load::<4>(ctx, payload)?;
-    Ok(match classify_framing(head, payload_len) {
-        Framing::Valid(c) => (c, PASS),
-        Framing::Invalid(c) => (c, DROP),
-    })
+    match classify_framing(head, payload_len) {
+        Framing::Valid(Counter::PassTransportData) => Ok(steer_rx(ctx, payload)),
+        Framing::Valid(c) => Ok((c, PASS)),
+        Framing::Invalid(c) => Ok((c, DROP)),
+    }
+}
+
+/// Transport data: a known receiver index goes to a CPU for decryption; an
+/// unknown one is dropped here, before it costs anything. Without a tunnel
+/// configured (classifier only), data passes to the stack as before.
+#[inline(always)]
+fn steer_rx(ctx: &XdpContext, payload: usize) -> (Counter, u32) {
+    let Some(cfg) = TUNNEL.get(0) else {
+        return (Counter::PassTransportData, PASS);
+    };
+    if cfg.ncpus == 0 {
+        return (Counter::PassTransportData, PASS);
+    }
+    let receiver = match load::<4>(ctx, payload + 4) {
+        Ok(r) => u32::from_le_bytes(r),
+        Err(()) => return (Counter::DropTruncated, DROP),
+    };
+    // SAFETY: read-only lookup of a map value.
+    let Some(session) = (unsafe { SESSIONS.get(&receiver) }) else {
+        return (Counter::DropUnknownIndex, DROP);
+    };
+    let cpu = steer_cpu(cfg, session.peer_id);
+    match CPUS_RX.redirect(cpu, 0) {
+        Ok(v) => (Counter::RxSteered, v),
+        Err(_) => (Counter::DropInternal, DROP),
+    }
+}
+
+/// The CPU a packet of `peer_id` is processed on, per the steering policy.
+#[inline(always)]
+pub(crate) fn steer_cpu(cfg: &wg_ebpf_common::maps::TunnelConfig, peer_id: u32) -> u32 {
+    let n = cfg.ncpus;
+    if n == 0 {
+        return 0;
+    }
+    // No `%`: the verifier loses the upper half of a 32-bit modulo and then
+    // refuses the result as an index.
+    let i: u32 = if cfg.steering == STEER_PER_PACKET {
+        match RR.get_ptr_mut(0) {
+            Some(p) => {
+                // SAFETY: per-CPU value, no concurrent writer on this CPU.
+                unsafe {
+                    let mut v = (*p).wrapping_add(1);
+                    if v >= n {
+                        v = 0;
+                    }
+                    *p = v;
+                    v
+                }
+            }
+            None => 0,
+        }
+    } else {
+        // Multiplicative hash of the peer id, scaled into 0..n.
+        let h = peer_id.wrapping_mul(0x9E37_79B9) as u64;
+        ((h * n as u64) >> 32) as u32
+    };
+    if i >= MAX_CPUS {
+        return 0;
+    }
+    match cfg.cpus.get(i as usize) {
+        Some(c) => *c,
+        None => 0,
+    }
+}
+
+/// Writes `buf` into the packet at `off` (helper-checked bounds).
+#[inline(always)]
+pub(crate) fn store(ctx: &XdpContext, off: usize, buf: &[u8]) -> Result<(), ()> {
+    // SAFETY: the helper checks the bounds against the packet.
+    let rc = unsafe {
+        bpf_xdp_store_bytes(ctx.ctx, off as u32, buf.as_ptr() as *mut c_void, buf.len() as u32)
+    };
+    if rc != 0 {
+        return Err(());
+    }
+    Ok(())
 }
 
 #[inline(always)]

@@ -370,7 +370,7 @@ fn send_junk(ns: &str) -> Result<usize> {
                 vec![7, 0, 0, 0, 1, 2, 3, 4],              // unknown type
                 [vec![1, 0, 9, 0], vec![0; 144]].concat(), // reserved not zero
                 [vec![1, 0, 0, 0], vec![0; 100]].concat(), // initiation of the wrong size
-                [vec![4, 0, 0, 0], vec![0; 37]].concat(),  // data not a multiple of 16
+                [vec![4, 0, 0, 0], vec![0; 16]].concat(),  // data shorter than 32 bytes
             ];
             let mut n = 0;
             for _ in 0..50 {

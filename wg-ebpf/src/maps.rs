@@ -1,0 +1,87 @@
+//! Every map of the data path, in one place. Sizes are argued in
+//! `wg_ebpf_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{
+        lpm_trie::LpmTrie, Array, CpuMap, DevMapHash, HashMap, PerCpuArray, RingBuf,
+    },
+};
+use wg_ebpf_common::{
+    maps::{
+        Ipv4Key, Ipv6Key, Peer, PeerStats, Session, TunnelConfig, EVENTS_BYTES,
+        MAX_ALLOWED_PREFIXES, MAX_CPUS, MAX_PEERS, MAX_SESSIONS, MAX_WAN_PORTS,
+    },
+    Counter, DatapathConfig,
+};
+
+/// BPF_F_NO_PREALLOC: sessions are large; allocate as they are installed.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Listen port (one entry).
+#[map]
+pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+/// Tunnel-side configuration (one entry).
+#[map]
+pub static TUNNEL: Array<TunnelConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters indexed by `Counter`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Receiver index → session (keys, counters, replay window).
+#[map]
+pub static SESSIONS: HashMap<u32, Session> =
+    HashMap::with_max_entries(MAX_SESSIONS, BPF_F_NO_PREALLOC);
+
+/// Peer id → endpoint and current session.
+#[map]
+pub static PEERS: Array<Peer> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// Peer id → traffic counters, per CPU.
+#[map]
+pub static PEER_STATS: PerCpuArray<PeerStats> = PerCpuArray::with_max_entries(MAX_PEERS, 0);
+
+/// Cryptokey routing: prefix → peer id, both directions.
+#[map]
+pub static ALLOWED_V4: LpmTrie<Ipv4Key, u32> =
+    LpmTrie::with_max_entries(MAX_ALLOWED_PREFIXES, 0);
+#[map]
+pub static ALLOWED_V6: LpmTrie<Ipv6Key, u32> =
+    LpmTrie::with_max_entries(MAX_ALLOWED_PREFIXES, 0);
+
+/// Steering targets: CPU → `crypt_rx` / `crypt_tx` running there.
+#[map]
+pub static CPUS_RX: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
+#[map]
+pub static CPUS_TX: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
+
+/// ifindex → device, for redirects out of WAN interfaces and into `wg0x`.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_WAN_PORTS, 0);
+
+/// Per-CPU round-robin cursor for per-packet steering.
+#[map]
+pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Events to the control plane (no session + staged packet, roaming).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(v) = STATS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Scratch for the IPv6 UDP checksum (one 256-byte chunk per CPU).
+#[map]
+pub static CSUM_SCRATCH: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(1, 0);
+
+/// ChaCha20-Poly1305 working state, per CPU.
+#[map]
+pub static AEAD_SCRATCH: PerCpuArray<wg_ebpf_common::aead::AeadScratch> =
+    PerCpuArray::with_max_entries(1, 0);
