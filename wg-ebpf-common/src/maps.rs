@@ -66,6 +66,10 @@ pub struct Session {
 pub const SESSION_CAN_SEND: u32 = 1;
 /// The session accepts received data.
 pub const SESSION_CAN_RECV: u32 = 2;
+/// Responder's keypair: the first authenticated packet received on it
+/// confirms it, and the data path then makes it the peer's sending session
+/// (WireGuard's "next" keypair becoming "current").
+pub const SESSION_CONFIRM_ON_RX: u32 = 4;
 
 /// Per-peer state the data path reads and writes. Index: peer id.
 #[repr(C)]

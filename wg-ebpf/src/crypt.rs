@@ -21,6 +21,7 @@ use aya_ebpf::{
 use wg_ebpf_common::{
     maps::{
         Peer, PeerStats, Session, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, SESSION_CAN_RECV,
+        SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
     },
     replay,
     wire::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, VLAN_HLEN},
@@ -241,6 +242,13 @@ fn rx_finish_inner(ctx: &XdpContext, plan: &RxPlan) -> Result<(Counter, u32), Co
     }
     let (ct, ct_len, now) = (plan.ct, plan.ct_len, plan.now);
     let peer_id = s.peer_id;
+    if s.flags & SESSION_CAN_SEND == 0 && s.flags & SESSION_CONFIRM_ON_RX != 0 {
+        s.flags |= SESSION_CAN_SEND;
+        if let Some(pp) = PEERS.get_ptr_mut(peer_id) {
+            // SAFETY: a live map value.
+            unsafe { (*pp).current_index = plan.receiver };
+        }
+    }
     let o = parse_outer(ctx).map_err(|_| Counter::DropInternal)?;
     if let Some(st) = stats(peer_id) {
         st.rx_packets += 1;
