@@ -10,7 +10,9 @@
 //!   the next [`Netns::new`];
 //! - every wait has a timeout.
 
+pub mod appliance;
 pub mod packet;
+pub mod peers;
 
 use std::{
     fs::File,
@@ -234,4 +236,14 @@ macro_rules! require_netns {
             return;
         }
     };
+}
+
+/// Daemon logs on stderr for tests (RUST_LOG, default info), once.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }

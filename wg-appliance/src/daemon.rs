@@ -195,6 +195,7 @@ impl Daemon {
             &TunnelSetup {
                 wg_ifname: tlink.name.clone(),
                 wg_mac: tlink.mac,
+                wg_ifindex: tlink.index,
                 wgx_ifname: tlink.peer_name.clone(),
                 wgx_ifindex: tlink.peer_index,
                 mtu: spec.mtu,
@@ -339,7 +340,10 @@ impl Daemon {
     /// Runs until `stop` is notified.
     pub async fn run(&mut self, stop: Arc<Notify>) -> Result<(), DaemonError> {
         let events = self.dp.take_events()?;
-        let mut events = AsyncFd::new(events).map_err(io("watching the event ring buffer"))?;
+        // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd,
+        // so the fd stays open exactly as long as it is registered.
+        let mut events = unsafe { AsyncFd::register(events) }
+            .map_err(|e| io("watching the event ring buffer")(std::io::Error::other(e.to_string())))?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 2048];
@@ -347,7 +351,8 @@ impl Daemon {
         // the kernel does when a peer is configured with both.
         for pos in 0..self.peers.len() {
             if self.peers[pos].spec.persistent_keepalive.is_some_and(|k| k > 0) {
-                let acts = self.peers[pos].timers.handle(self.now(), Event::WantToSend);
+                let now = self.now();
+                let acts = self.peers[pos].timers.handle(now, Event::WantToSend);
                 self.act(pos, acts).await;
             }
         }

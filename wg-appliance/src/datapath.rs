@@ -123,6 +123,7 @@ pub struct TunnelSetup {
     /// `wg0`: the interface the kernel and the user see.
     pub wg_ifname: String,
     pub wg_mac: [u8; 6],
+    pub wg_ifindex: u32,
     /// `wg0x`: its veth peer, where `tun_tx` runs.
     pub wgx_ifname: String,
     pub wgx_ifindex: u32,
@@ -240,6 +241,7 @@ impl Datapath {
                 wg_ebpf_common::maps::STEER_PER_PEER
             },
             reject_after_time_secs: t.reject_after_time_secs,
+            wg_ifindex: t.wg_ifindex,
             ..Default::default()
         };
         for (i, &cpu) in t.cpus.iter().enumerate() {

@@ -8,8 +8,10 @@
 pub mod allowed_ips;
 pub mod config;
 pub mod cookie;
+pub mod daemon;
 pub mod datapath;
 pub mod keys;
+pub mod link;
 pub mod noise;
 pub mod session;
 pub mod timers;

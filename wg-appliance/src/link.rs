@@ -100,9 +100,21 @@ pub async fn create_tunnel(handle: &Handle, ifname: &str, mtu: u16) -> Result<Tu
 async fn configure(handle: &Handle, ifname: &str, peer: &str, mtu: u16) -> Result<TunnelLink, LinkError> {
     let index = ifindex(ifname).ok_or_else(|| LinkError::NotFound(ifname.to_owned()))?;
     let peer_index = ifindex(peer).ok_or_else(|| LinkError::NotFound(peer.to_owned()))?;
-    // No IPv6 link-local on wg0: set before it goes up.
+    // No IPv6 link-local on wg0 (set before it goes up) and no duplicate
+    // address detection: the tunnel is point to point.
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode"), "1");
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0");
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{peer}/disable_ipv6"), "1");
+    // The XDP FIB lookup that routes encrypted packets is made as if they
+    // arrived on wg0, and the kernel answers it only for interfaces with
+    // forwarding on. (It also lets the kernel route tunnel traffic onward,
+    // which a gateway does anyway; AllowedIPs still bound the sources.)
+    for fam in ["ipv4", "ipv6"] {
+        std::fs::write(format!("/proc/sys/net/{fam}/conf/{ifname}/forwarding"), "1").map_err(|source| LinkError::Io {
+            what: format!("enabling {fam} forwarding on {ifname}"),
+            source,
+        })?;
+    }
     ethtool_off(ifname)?;
     handle
         .link()

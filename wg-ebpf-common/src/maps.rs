@@ -146,6 +146,9 @@ pub struct TunnelConfig {
     pub cpus: [u32; MAX_CPUS as usize],
     /// Test hook: nonzero overrides REJECT_AFTER_TIME (seconds) in BPF.
     pub reject_after_time_secs: u32,
+    /// ifindex of `wg0`: the FIB lookup for encrypted packets is made as if
+    /// they arrived there.
+    pub wg_ifindex: u32,
 }
 
 impl Default for TunnelConfig {
@@ -160,6 +163,7 @@ impl Default for TunnelConfig {
             ncpus: 0,
             cpus: [0; MAX_CPUS as usize],
             reject_after_time_secs: 0,
+            wg_ifindex: 0,
         }
     }
 }
@@ -220,6 +224,6 @@ mod tests {
         assert_eq!(core::mem::align_of::<Session>(), 8);
         assert_eq!(size_of::<PeerStats>(), 64);
         assert_eq!(size_of::<EventHeader>(), 16);
-        assert_eq!(size_of::<TunnelConfig>(), 6 + 2 + 2 + 2 + 4 + 4 + 4 + 4 * MAX_CPUS as usize + 4);
+        assert_eq!(size_of::<TunnelConfig>(), 6 + 2 + 2 + 2 + 4 + 4 + 4 + 4 * MAX_CPUS as usize + 4 + 4);
     }
 }

@@ -10,7 +10,7 @@
 //! FIB lookup for MACs and egress → redirect out of the WAN device.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LOOKUP_OUTPUT},
+    bindings::bpf_fib_lookup,
     helpers::{
         bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail,
@@ -404,7 +404,12 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     let delta = want - frame_len as i32;
     // SAFETY: resizing a packet we own; the helpers check the limits.
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return Err(Counter::DropInternal);
+        // No tailroom: frames the stack built with plenty of headroom are
+        // handed to XDP in place, ending at their own tail. Grow the head
+        // instead and move the frame down into it.
+        if delta < 0 || shift_down(ctx, delta as u32, frame_len as u32) != 0 {
+            return Err(Counter::DropInternal);
+        }
     }
     if padded > inner_len {
         let zeros = [0u8; 16];
@@ -431,6 +436,7 @@ fn tx_finish(ctx: &XdpContext, plan: &TxPlan) -> u64 {
 #[inline(always)]
 fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Counter> {
     let listen_port = CONFIG.get(0).map(|c| c.listen_port).unwrap_or(0);
+    let cfg = TUNNEL.get(0).ok_or(Counter::DropInternal)?;
     let peer_id = plan.peer_id;
     let pp = PEERS.get(peer_id).ok_or(Counter::DropNoPeer)?;
     // A copy: roaming may rewrite the endpoint meanwhile; a torn read sends
@@ -450,7 +456,7 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = listen_port.to_be();
     fib.dport = peer.endpoint_port;
-    fib.ifindex = peer.ifindex;
+    fib.ifindex = cfg.wg_ifindex;
     let total = hdr_len - ETH_HLEN + padded + AEAD_TAG_LEN;
     fib.__bindgen_anon_1.tot_len = total as u16;
     // Writing a union field is safe; only reads need care.
@@ -470,7 +476,9 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
             ctx.ctx as *mut _,
             &mut fib,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SRC,
+            // An input lookup from wg0 (see TunnelConfig::wg_ifindex): an
+            // output lookup would pin the egress to the ifindex given.
+            BPF_FIB_LOOKUP_SRC,
         )
     };
     if rc != 0 {
@@ -651,4 +659,46 @@ fn udp6_csum(ctx: &XdpContext, l3: usize, udp_len: usize) -> u32 {
     }
     let c = !fold(sum as u64);
     (if c == 0 { 0xffff } else { c }) as u32
+}
+
+/// Grows the head by `by` bytes and moves the first `len` bytes of the frame
+/// down into it, so the frame ends `by` bytes later than it did. Returns 0
+/// on success (a plain integer: see `pack`). 256-byte chunks through the
+/// per-CPU checksum scratch; moving down, a forward copy never overwrites
+/// bytes it has yet to read.
+#[inline(never)]
+fn shift_down(ctx: &XdpContext, by: u32, len: u32) -> u32 {
+    if by == 0 || by > 256 || len > 1600 {
+        return 1;
+    }
+    // SAFETY: growing the head of a packet we own; the helper checks room.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(by as i32)) } != 0 {
+        return 1;
+    }
+    let Some(scratch) = crate::maps::CSUM_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let buf = scratch as *mut aya_ebpf::cty::c_void;
+    let mut i = 0u32;
+    while i < 7 {
+        let off = i * 256;
+        if off < len {
+            let rest = len - off;
+            let n = core::hint::black_box(if rest > 256 { 256 } else { rest });
+            if n == 0 || n > 256 {
+                return 1;
+            }
+            // SAFETY: scratch holds 256 bytes; n is 1..=256; the helpers
+            // check the packet bounds.
+            unsafe {
+                if aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, by + off, buf, n) != 0
+                    || aya_ebpf::helpers::bpf_xdp_store_bytes(ctx.ctx, off, buf, n) != 0
+                {
+                    return 1;
+                }
+            }
+        }
+        i += 1;
+    }
+    0
 }
