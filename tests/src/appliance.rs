@@ -43,7 +43,9 @@ impl Appliance {
                 let _ = ready_tx.send(Err(anyhow!("{e}")));
                 return Err(e);
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let mut d = match Daemon::start(spec).await {
                     Ok(d) => d,
@@ -67,7 +69,11 @@ impl Appliance {
         ready_rx
             .recv_timeout(Duration::from_secs(60))
             .context("wg-appliance did not come up within 60 s")??;
-        Ok(Self { ifname, stop, thread: Some(thread) })
+        Ok(Self {
+            ifname,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the daemon and returns its final report.

@@ -40,7 +40,12 @@ pub fn write_key_file(key: &PrivateKey, tag: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("wgt-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{tag}.key"));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
     f.write_all(key.to_base64().as_bytes())?;
     f.write_all(b"\n")?;
     Ok(path)
@@ -49,7 +54,13 @@ pub fn write_key_file(key: &PrivateKey, tag: &str) -> Result<PathBuf> {
 impl ThirdParty {
     /// Starts the implementation with a fresh interface in `ns`, configured
     /// with `key`, `listen_port` and `addr` (CIDR) on the interface.
-    pub fn start(which: Impl, ns: &Netns, key: &PrivateKey, listen_port: u16, addr: &str) -> Result<Self> {
+    pub fn start(
+        which: Impl,
+        ns: &Netns,
+        key: &PrivateKey,
+        listen_port: u16,
+        addr: &str,
+    ) -> Result<Self> {
         let ifname = crate::unique_name("g");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name()]);
@@ -68,22 +79,55 @@ impl ThirdParty {
             .spawn()
             .with_context(|| format!("starting {which:?} (cargo xtask setup installs it)"))?;
         let key_file = write_key_file(key, &ifname)?;
-        let me = Self { ifname: ifname.clone(), public_key: key.public_key(), ns: ns.name().to_owned(), child, key_file };
-        wait_until(Duration::from_secs(10), "the userspace WireGuard interface", || {
-            ns.ip(&["link", "show", &ifname]).is_ok()
-                && std::path::Path::new(&format!("/var/run/wireguard/{ifname}.sock")).exists()
-        })?;
+        let me = Self {
+            ifname: ifname.clone(),
+            public_key: key.public_key(),
+            ns: ns.name().to_owned(),
+            child,
+            key_file,
+        };
+        wait_until(
+            Duration::from_secs(10),
+            "the userspace WireGuard interface",
+            || {
+                ns.ip(&["link", "show", &ifname]).is_ok()
+                    && std::path::Path::new(&format!("/var/run/wireguard/{ifname}.sock")).exists()
+            },
+        )?;
         let kf = me.key_file.display().to_string();
-        ns.exec("wg", &["set", &ifname, "private-key", &kf, "listen-port", &listen_port.to_string()])?;
+        ns.exec(
+            "wg",
+            &[
+                "set",
+                &ifname,
+                "private-key",
+                &kf,
+                "listen-port",
+                &listen_port.to_string(),
+            ],
+        )?;
         ns.ip(&["addr", "add", addr, "dev", &ifname])?;
         ns.ip(&["link", "set", &ifname, "up"])?;
         Ok(me)
     }
 
     /// `wg set <if> peer <pub> endpoint <ep> allowed-ips <ips>`.
-    pub fn add_peer(&self, ns: &Netns, peer: &PublicKey, endpoint: Option<&str>, allowed_ips: &str) -> Result<()> {
+    pub fn add_peer(
+        &self,
+        ns: &Netns,
+        peer: &PublicKey,
+        endpoint: Option<&str>,
+        allowed_ips: &str,
+    ) -> Result<()> {
         let pk = peer.to_base64();
-        let mut args = vec!["set", self.ifname.as_str(), "peer", pk.as_str(), "allowed-ips", allowed_ips];
+        let mut args = vec![
+            "set",
+            self.ifname.as_str(),
+            "peer",
+            pk.as_str(),
+            "allowed-ips",
+            allowed_ips,
+        ];
         if let Some(ep) = endpoint {
             args.extend(["endpoint", ep]);
         }
@@ -111,6 +155,8 @@ impl Drop for ThirdParty {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
         let _ = std::fs::remove_file(&self.key_file);
-        let _ = Command::new("ip").args(["-n", &self.ns, "link", "del", &self.ifname]).status();
+        let _ = Command::new("ip")
+            .args(["-n", &self.ns, "link", "del", &self.ifname])
+            .status();
     }
 }

@@ -29,9 +29,6 @@ const LENGTHS: &[usize] = &[
     0, 1, 15, 16, 17, 63, 64, 65, 127, 128, 500, 1024, 1419, 1420, 1440,
 ];
 
-/// Header flag: keep the packet length across BPF_PROG_TEST_RUN repeats.
-const KEEP_LEN: u8 = 1;
-
 /// The test programs' input: key, nonce, AAD length, flags, AAD (see
 /// wg-ebpf/src/aead_test.rs).
 fn header(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8]) -> Vec<u8> {
@@ -267,63 +264,5 @@ fn out_of_range_packets_pass_untouched() {
         let out = run_xdp(fd, &pkt, 1).expect("test run");
         assert_eq!(out.verdict, XDP_PASS, "{name}: verdict");
         assert_eq!(out.data, pkt, "{name}: packet modified");
-    }
-}
-
-/// µs per packet, seal and open, median of 3 × 100,000 kernel-timed runs.
-/// Runs only with WG_AEAD_SPEED=1 (it takes a while and the figures need a
-/// quiet machine); asserts the outputs stay correct while timing.
-#[test]
-fn speed() {
-    if std::env::var_os("WG_AEAD_SPEED").is_none_or(|v| v != "1") {
-        skip("speed", "set WG_AEAD_SPEED=1 to time the BPF AEAD");
-        return;
-    }
-    if let Some(why) = netns_unavailable() {
-        skip("speed", &why);
-        return;
-    }
-    let p = load();
-    let repeat = std::env::var("WG_AEAD_REPEAT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000u32);
-    let key = [0x42; 32];
-    let nonce = wg_nonce(0x0123_4567_89ab_cdef);
-    let hdr = header(&key, &nonce, &[]);
-    let mut bench_hdr = hdr.clone();
-    bench_hdr[45] = KEEP_LEN;
-    println!("BPF ChaCha20-Poly1305, µs per packet (median of 3 × {repeat} runs)");
-    println!("{:>6} {:>8} {:>8}", "bytes", "seal", "open");
-    for len in [0usize, 64, 512, 1408, 1420, 1440] {
-        let pt: Vec<u8> = (0..len).map(|i| i as u8).collect();
-        let sealed = crate_seal(&key, &nonce, &[], &pt);
-        // Correct once, in the normal mode...
-        assert_eq!(bpf_seal(&p, &hdr, &pt)[HDR_LEN..], sealed[..]);
-        let mut open_pkt = hdr.clone();
-        open_pkt.extend_from_slice(&sealed);
-        let out = run_xdp(p.open, &open_pkt, 1).expect("test run open");
-        assert_eq!((out.verdict, &out.data[HDR_LEN..]), (XDP_TX, &pt[..]));
-        // ...then timed with the length kept. Repeats work on the previous
-        // repeat's output: seal re-encrypts, open sees a bad tag from the
-        // second run on (XDP_DROP); the work per run is the same.
-        let mut seal_pkt = bench_hdr.clone();
-        seal_pkt.extend_from_slice(&pt);
-        open_pkt[..HDR_LEN].copy_from_slice(&bench_hdr);
-        let time = |fd: i32, pkt: &[u8], verdicts: &[u32]| {
-            let mut ns: Vec<u32> = (0..3)
-                .map(|_| {
-                    let out = run_xdp(fd, pkt, repeat).expect("test run");
-                    assert!(verdicts.contains(&out.verdict), "verdict {}", out.verdict);
-                    assert_eq!(out.data.len(), pkt.len(), "length kept");
-                    out.duration_ns
-                })
-                .collect();
-            ns.sort_unstable();
-            f64::from(ns[1]) / 1000.0
-        };
-        let seal_us = time(p.seal, &seal_pkt, &[XDP_TX]);
-        let open_us = time(p.open, &open_pkt, &[XDP_TX, XDP_DROP]);
-        println!("{len:>6} {seal_us:>8.3} {open_us:>8.3}");
     }
 }

@@ -23,7 +23,10 @@ fn spec(ifname: &str, key: PrivateKey, peer: PeerSpec, wan: &str) -> DeviceSpec 
         private_key: key,
         listen_port: 51820,
         peers: vec![peer],
-        addresses: vec!["10.92.0.1/24".parse().expect("cidr"), "fd92::1/64".parse().expect("cidr")],
+        addresses: vec![
+            "10.92.0.1/24".parse().expect("cidr"),
+            "fd92::1/64".parse().expect("cidr"),
+        ],
         mtu: 1420,
         wan: vec![wan.to_owned()],
         xdp_mode: ModePolicy::Auto,
@@ -51,32 +54,58 @@ fn interop(which: Impl) {
     }
     let gw = Netns::new().expect("gateway ns");
     let peer_ns = Netns::new().expect("peer ns");
-    let veth = Veth::new(&gw, &["10.91.0.1/24", "fd91::1/64"], &peer_ns, &["10.91.0.2/24", "fd91::2/64"]).expect("veth");
+    let veth = Veth::new(
+        &gw,
+        &["10.91.0.1/24", "fd91::1/64"],
+        &peer_ns,
+        &["10.91.0.2/24", "fd91::2/64"],
+    )
+    .expect("veth");
     // Redirected frames out of a veth need GRO (or XDP) on the receiving
     // end; real NICs need nothing (ARCHITECTURE.md, veth facts).
-    peer_ns.exec("ethtool", &["-K", &veth.b, "gro", "on"]).expect("gro on");
+    peer_ns
+        .exec("ethtool", &["-K", &veth.b, "gro", "on"])
+        .expect("gro on");
 
     let gw_key = PrivateKey::generate();
     let peer_key = PrivateKey::generate();
-    let tp = ThirdParty::start(which, &peer_ns, &peer_key, 51821, "10.92.0.2/24").expect("third-party peer");
-    peer_ns.ip(&["addr", "add", "fd92::2/64", "dev", &tp.ifname, "nodad"]).expect("v6 addr");
-    tp.add_peer(&peer_ns, &gw_key.public_key(), Some("10.91.0.1:51820"), "10.92.0.1/32,fd92::1/128")
-        .expect("configure peer");
+    let tp = ThirdParty::start(which, &peer_ns, &peer_key, 51821, "10.92.0.2/24")
+        .expect("third-party peer");
+    peer_ns
+        .ip(&["addr", "add", "fd92::2/64", "dev", &tp.ifname, "nodad"])
+        .expect("v6 addr");
+    tp.add_peer(
+        &peer_ns,
+        &gw_key.public_key(),
+        Some("10.91.0.1:51820"),
+        "10.92.0.1/32,fd92::1/128",
+    )
+    .expect("configure peer");
 
     let ifname = unique_name("w");
     let peer = PeerSpec {
         public_key: peer_key.public_key(),
         preshared_key: None,
         endpoint: None,
-        allowed_ips: vec!["10.92.0.2/32".parse().expect("cidr"), "fd92::2/128".parse().expect("cidr")],
+        allowed_ips: vec![
+            "10.92.0.2/32".parse().expect("cidr"),
+            "fd92::2/128".parse().expect("cidr"),
+        ],
         persistent_keepalive: None,
     };
     let app = Appliance::start(&gw, spec(&ifname, gw_key, peer, &veth.a)).expect("wg-appliance up");
 
     // The third party initiates (it has our endpoint); ICMP both families;
     // then requests from our side.
-    if let Some(secs) = std::env::var("WG_TEST_PAUSE").ok().and_then(|s| s.parse().ok()) {
-        eprintln!("pausing {secs} s: namespaces {} (gw) {} (peer)", gw.name(), peer_ns.name());
+    if let Some(secs) = std::env::var("WG_TEST_PAUSE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!(
+            "pausing {secs} s: namespaces {} (gw) {} (peer)",
+            gw.name(),
+            peer_ns.name()
+        );
         std::thread::sleep(Duration::from_secs(secs));
     }
     let v4_in = ping_ok(&peer_ns, "10.92.0.1");
@@ -86,16 +115,36 @@ fn interop(which: Impl) {
     let report = app.stop().expect("stop");
     let c = &report.counters;
     println!("counters:\n{c}");
-    assert!(v4_in, "{which:?} → wg-appliance: IPv4 ping through the tunnel failed");
-    assert!(v6_in, "{which:?} → wg-appliance: IPv6 ping through the tunnel failed");
+    assert!(
+        v4_in,
+        "{which:?} → wg-appliance: IPv4 ping through the tunnel failed"
+    );
+    assert!(
+        v6_in,
+        "{which:?} → wg-appliance: IPv6 ping through the tunnel failed"
+    );
     assert!(v4_out, "wg-appliance → {which:?}: IPv4 ping failed");
     let (rx, tx) = transfer.expect("wg show transfer");
-    assert!(rx > 0 && tx > 0, "{which:?} saw no traffic: rx {rx} tx {tx}");
-    assert!(c.get(Counter::RxDelivered) >= 9, "decrypted packets delivered: {}", c.get(Counter::RxDelivered));
-    assert!(c.get(Counter::TxSent) >= 9, "encrypted packets sent: {}", c.get(Counter::TxSent));
+    assert!(
+        rx > 0 && tx > 0,
+        "{which:?} saw no traffic: rx {rx} tx {tx}"
+    );
+    assert!(
+        c.get(Counter::RxDelivered) >= 9,
+        "decrypted packets delivered: {}",
+        c.get(Counter::RxDelivered)
+    );
+    assert!(
+        c.get(Counter::TxSent) >= 9,
+        "encrypted packets sent: {}",
+        c.get(Counter::TxSent)
+    );
     assert_eq!(c.get(Counter::DropAuthFailed), 0);
     let p = &report.peers[0];
-    assert!(p.last_handshake.is_some() && p.rx_bytes > 0 && p.tx_bytes > 0, "peer status: {p:?}");
+    assert!(
+        p.last_handshake.is_some() && p.rx_bytes > 0 && p.tx_bytes > 0,
+        "peer status: {p:?}"
+    );
     drop(tp);
     std::thread::sleep(Duration::from_millis(50));
 }

@@ -127,7 +127,11 @@ fn cases() -> Vec<Case> {
         ),
         case("data 16", v4(data(16)), DropBadDataLength),
         case("data 31", v4(data(31)), DropBadDataLength),
-        case("data 1452, unpadded full-MTU packet", v4(data(1452)), PassTransportData),
+        case(
+            "data 1452, unpadded full-MTU packet",
+            v4(data(1452)),
+            PassTransportData,
+        ),
         case("data 33", v6(data(33)), PassTransportData),
         case("payload 3 bytes", v4(vec![1, 0, 0]), DropTooShort),
         case("empty payload", v6(vec![]), DropTooShort),

@@ -24,9 +24,9 @@ use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
 use tokio::{io::unix::AsyncFd, net::UdpSocket, sync::Notify};
 use wg_ebpf_common::maps::{
-    ControlFrame, EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession, CONTROL_MAGIC_KEEPALIVE,
-    ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION, PEER_ACTIVE, REPLAY_WORDS,
-    SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
+    ControlFrame, EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession,
+    CONTROL_MAGIC_KEEPALIVE, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION,
+    PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
 };
 
 use crate::{
@@ -156,7 +156,10 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn ktime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -182,12 +185,19 @@ impl Daemon {
         }
     }
 
-    async fn start_on(spec: DeviceSpec, tlink: TunnelLink, handle: rtnetlink::Handle) -> Result<Self, DaemonError> {
+    async fn start_on(
+        spec: DeviceSpec,
+        tlink: TunnelLink,
+        handle: rtnetlink::Handle,
+    ) -> Result<Self, DaemonError> {
         for a in &spec.addresses {
             link::add_address(&handle, tlink.index, a.addr(), a.prefix_len()).await?;
         }
         let mut dp = Datapath::load(spec.listen_port)?;
-        let cpus = spec.cpus.clone().unwrap_or_else(crate::datapath::online_cpus);
+        let cpus = spec
+            .cpus
+            .clone()
+            .unwrap_or_else(crate::datapath::online_cpus);
         // MSS: the tunnel MTU less IPv4+TCP (40) or IPv6+TCP (60) headers.
         let mss_v4 = spec.mss.unwrap_or(spec.mtu.saturating_sub(40));
         let mss_v6 = mss_v4.saturating_sub(20);
@@ -244,8 +254,13 @@ impl Daemon {
             identity,
         };
         let timer_cfg = |p: &PeerSpec| TimerConfig {
-            rekey_after_time: spec.rekey_after_time.unwrap_or(crate::timers::REKEY_AFTER_TIME),
-            persistent_keepalive: p.persistent_keepalive.filter(|k| *k > 0).map(|k| Duration::from_secs(k as u64)),
+            rekey_after_time: spec
+                .rekey_after_time
+                .unwrap_or(crate::timers::REKEY_AFTER_TIME),
+            persistent_keepalive: p
+                .persistent_keepalive
+                .filter(|k| *k > 0)
+                .map(|k| Duration::from_secs(k as u64)),
         };
         for (i, p) in spec.peers.iter().enumerate() {
             // Peer ids start at 1: an all-zero PEERS slot means "none".
@@ -287,7 +302,10 @@ impl Daemon {
     }
 
     pub fn local_port(&self) -> u16 {
-        self.sock.local_addr().map(|a| a.port()).unwrap_or(self.listen_port)
+        self.sock
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(self.listen_port)
     }
 
     /// The peers as `wg show` would report them.
@@ -320,7 +338,10 @@ impl Daemon {
                 }
                 IpAddr::V6(a) => (6, a.octets()),
             };
-            if slot.endpoint_addr != addr || slot.endpoint_port != ep.port().to_be() || slot.endpoint_family != family {
+            if slot.endpoint_addr != addr
+                || slot.endpoint_port != ep.port().to_be()
+                || slot.endpoint_family != family
+            {
                 slot.endpoint_addr = addr;
                 slot.endpoint_port = ep.port().to_be();
                 slot.endpoint_family = family;
@@ -342,15 +363,20 @@ impl Daemon {
         let events = self.dp.take_events()?;
         // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd,
         // so the fd stays open exactly as long as it is registered.
-        let mut events = unsafe { AsyncFd::register(events) }
-            .map_err(|e| io("watching the event ring buffer")(std::io::Error::other(e.to_string())))?;
+        let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| {
+            io("watching the event ring buffer")(std::io::Error::other(e.to_string()))
+        })?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 2048];
         // Peers with persistent keepalive or an endpoint start at once, as
         // the kernel does when a peer is configured with both.
         for pos in 0..self.peers.len() {
-            if self.peers[pos].spec.persistent_keepalive.is_some_and(|k| k > 0) {
+            if self.peers[pos]
+                .spec
+                .persistent_keepalive
+                .is_some_and(|k| k > 0)
+            {
                 let now = self.now();
                 let acts = self.peers[pos].timers.handle(now, Event::WantToSend);
                 self.act(pos, acts).await;
@@ -406,7 +432,11 @@ impl Daemon {
                         return;
                     }
                 };
-                let Some(pos) = self.peers.iter().position(|p| p.spec.public_key == *opened.peer_public()) else {
+                let Some(pos) = self
+                    .peers
+                    .iter()
+                    .position(|p| p.spec.public_key == *opened.peer_public())
+                else {
                     tracing::debug!(%src, "initiation from an unknown public key");
                     return;
                 };
@@ -416,7 +446,11 @@ impl Daemon {
                     return;
                 }
                 let local_index = self.new_index(pos);
-                let (resp, keypair) = match self.peers[pos].hs.create_response(&mut OsRng, local_index, now) {
+                let (resp, keypair) = match self.peers[pos].hs.create_response(
+                    &mut OsRng,
+                    local_index,
+                    now,
+                ) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(peer = %peer_short, error = %e, "could not build a handshake response");
@@ -431,10 +465,15 @@ impl Daemon {
                 self.install(pos, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
                 self.peers[pos].last_handshake = Some(SystemTime::now());
                 tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
-                let mut acts = self.peers[pos].timers.handle(now, Event::HandshakeInitiationReceived);
+                let mut acts = self.peers[pos]
+                    .timers
+                    .handle(now, Event::HandshakeInitiationReceived);
                 acts.extend(self.peers[pos].timers.handle(
                     now,
-                    Event::HandshakeResponseSent { keypair: BpfKeypair, local_index },
+                    Event::HandshakeResponseSent {
+                        keypair: BpfKeypair,
+                        local_index,
+                    },
                 ));
                 self.act(pos, acts).await;
             }
@@ -442,8 +481,12 @@ impl Daemon {
                 if !self.admit(m, src, now).await {
                     return;
                 }
-                let Some(receiver) = noise::receiver_index(m) else { return };
-                let Some(&pos) = self.by_index.get(&receiver) else { return };
+                let Some(receiver) = noise::receiver_index(m) else {
+                    return;
+                };
+                let Some(&pos) = self.by_index.get(&receiver) else {
+                    return;
+                };
                 let peer_short = self.peers[pos].spec.public_key.short();
                 let keypair = match self.peers[pos].hs.consume_response(m) {
                     Ok(k) => k,
@@ -459,13 +502,20 @@ impl Daemon {
                 let local_index = keypair.local_index();
                 let acts = self.peers[pos].timers.handle(
                     now,
-                    Event::HandshakeResponseReceived { keypair: BpfKeypair, local_index },
+                    Event::HandshakeResponseReceived {
+                        keypair: BpfKeypair,
+                        local_index,
+                    },
                 );
                 self.act(pos, acts).await;
             }
             Message::CookieReply(m) => {
-                let Some(receiver) = noise::receiver_index(m) else { return };
-                let Some(&pos) = self.by_index.get(&receiver) else { return };
+                let Some(receiver) = noise::receiver_index(m) else {
+                    return;
+                };
+                let Some(&pos) = self.by_index.get(&receiver) else {
+                    return;
+                };
                 if let Err(e) = self.peers[pos].hs.cookie.consume_reply(m, now) {
                     tracing::debug!(%src, error = %e, "cookie reply refused");
                 }
@@ -481,7 +531,11 @@ impl Daemon {
     /// mac1/mac2 and the cookie decision. Replies with a cookie when under
     /// load.
     async fn admit(&mut self, msg: &[u8], src: SocketAddr, now: Duration) -> bool {
-        let signal = LoadSignal { queued_handshakes: 0, threshold: 512, rate_limited: false };
+        let signal = LoadSignal {
+            queued_handshakes: 0,
+            threshold: 512,
+            rate_limited: false,
+        };
         let under_load = self.load.under_load(signal, now);
         match self.checker.admit(msg, src, under_load, now, &mut OsRng) {
             Admission::Process => true,
@@ -556,8 +610,11 @@ impl Daemon {
             return;
         }
         // SAFETY: EventHeader is plain data and item holds enough bytes.
-        let hdr: EventHeader = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const EventHeader) };
-        let Some(pos) = self.peers.iter().position(|p| p.id == hdr.peer_id) else { return };
+        let hdr: EventHeader =
+            unsafe { std::ptr::read_unaligned(item.as_ptr() as *const EventHeader) };
+        let Some(pos) = self.peers.iter().position(|p| p.id == hdr.peer_id) else {
+            return;
+        };
         match hdr.kind {
             EVENT_NO_SESSION => {
                 let len = (hdr.len as usize).min(item.len() - hdr_len);
@@ -585,7 +642,9 @@ impl Daemon {
         let now = self.now();
         for pos in 0..self.peers.len() {
             let id = self.peers[pos].id;
-            let Ok(stats) = self.dp.peer_stats(id) else { continue };
+            let Ok(stats) = self.dp.peer_stats(id) else {
+                continue;
+            };
             let old = self.peers[pos].stats;
             self.peers[pos].stats = stats;
             let mut acts = Vec::new();
@@ -593,12 +652,24 @@ impl Daemon {
                 let keepalive = stats.last_rx_data_ns == old.last_rx_data_ns;
                 let local_index = self.received_on(pos);
                 if let Some(local_index) = local_index {
-                    acts.extend(self.peers[pos].timers.handle(now, Event::TransportReceived { local_index, keepalive }));
+                    acts.extend(self.peers[pos].timers.handle(
+                        now,
+                        Event::TransportReceived {
+                            local_index,
+                            keepalive,
+                        },
+                    ));
                 }
             }
             if stats.tx_packets > old.tx_packets {
                 let keepalive = stats.last_tx_data_ns == old.last_tx_data_ns;
-                acts.extend(self.peers[pos].timers.handle(now, Event::TransportSent { keepalive, jitter: jitter() }));
+                acts.extend(self.peers[pos].timers.handle(
+                    now,
+                    Event::TransportSent {
+                        keepalive,
+                        jitter: jitter(),
+                    },
+                ));
             }
             acts.extend(self.peers[pos].timers.tick(now));
             self.act(pos, acts).await;
@@ -641,18 +712,24 @@ impl Daemon {
                 };
                 let local_index = self.new_index(pos);
                 let ts = Tai64N::from_system_time(SystemTime::now());
-                let msg = match self.peers[pos].hs.create_initiation(&mut OsRng, ts, local_index, now) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not build a handshake initiation");
-                        return Vec::new();
-                    }
-                };
+                let msg =
+                    match self.peers[pos]
+                        .hs
+                        .create_initiation(&mut OsRng, ts, local_index, now)
+                    {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not build a handshake initiation");
+                            return Vec::new();
+                        }
+                    };
                 if let Err(e) = self.sock.send_to(&msg, ep).await {
                     tracing::debug!(endpoint = %ep, error = %e, "sending handshake initiation failed");
                 }
                 tracing::debug!(peer = %self.peers[pos].spec.public_key.short(), endpoint = %ep, "handshake initiation sent");
-                self.peers[pos].timers.handle(now, Event::HandshakeInitiationSent { jitter: jitter() })
+                self.peers[pos]
+                    .timers
+                    .handle(now, Event::HandshakeInitiationSent { jitter: jitter() })
             }
             Action::SendKeepalive => {
                 if self.peers[pos].staged.is_empty() {
@@ -685,7 +762,10 @@ impl Daemon {
     }
 
     fn inject_keepalive(&mut self, pos: usize) {
-        let f = ControlFrame { magic: CONTROL_MAGIC_KEEPALIVE, peer_id: self.peers[pos].id };
+        let f = ControlFrame {
+            magic: CONTROL_MAGIC_KEEPALIVE,
+            peer_id: self.peers[pos].id,
+        };
         let mut frame = Vec::with_capacity(14 + 8);
         frame.extend_from_slice(&self.link.mac);
         frame.extend_from_slice(&self.link.mac);
@@ -715,7 +795,14 @@ impl Daemon {
     /// Writes a frame out of `wg0`; it arrives at `tun_tx` on `wg0x`.
     fn send_frame(&self, frame: &[u8]) {
         // SAFETY: valid fd and buffer.
-        let rc = unsafe { libc::send(self.inject.as_raw_fd(), frame.as_ptr() as *const _, frame.len(), 0) };
+        let rc = unsafe {
+            libc::send(
+                self.inject.as_raw_fd(),
+                frame.as_ptr() as *const _,
+                frame.len(),
+                0,
+            )
+        };
         if rc < 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "injecting into the tunnel failed");
         }
@@ -760,7 +847,9 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 /// The interface the kernel would send to `ep` from (route lookup through a
 /// connected UDP socket, which sends nothing).
 fn egress_ifindex(ep: SocketAddr) -> Option<u32> {
-    let bind: SocketAddr = if ep.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let bind: SocketAddr = if ep.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .ok()?;
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect(ep).ok()?;
     let local = s.local_addr().ok()?.ip();
@@ -820,7 +909,11 @@ mod socket2_like {
     pub fn dual_stack_udp(port: u16) -> std::io::Result<UdpSocket> {
         // SAFETY: plain socket calls on a descriptor we own.
         unsafe {
-            let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+            let fd = libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            );
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -836,7 +929,12 @@ mod socket2_like {
             let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
             sa.sin6_family = libc::AF_INET6 as u16;
             sa.sin6_port = port.to_be();
-            if libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in6>() as u32) != 0 {
+            if libc::bind(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(sock)
@@ -850,14 +948,23 @@ fn packet_socket(ifindex: u32) -> Result<OwnedFd, DaemonError> {
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(io("opening a packet socket on the tunnel")(std::io::Error::last_os_error()));
+            return Err(io("opening a packet socket on the tunnel")(
+                std::io::Error::last_os_error(),
+            ));
         }
         let owned = OwnedFd::from_raw_fd(fd);
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = ifindex as i32;
-        if libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) != 0 {
-            return Err(io("binding the packet socket to the tunnel")(std::io::Error::last_os_error()));
+        if libc::bind(
+            fd,
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) != 0
+        {
+            return Err(io("binding the packet socket to the tunnel")(
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(owned)
     }

@@ -43,7 +43,9 @@ const CPUMAP_QUEUE: u32 = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("this binary was built without BPF programs (WG_APPLIANCE_SKIP_EBPF=1); rebuild without it")]
+    #[error(
+        "this binary was built without BPF programs (WG_APPLIANCE_SKIP_EBPF=1); rebuild without it"
+    )]
     NoObject,
     #[error("loading the BPF programs failed: {0}. Fix: run as root (or with CAP_BPF and CAP_NET_ADMIN) on a kernel with BTF (/sys/kernel/btf/vmlinux)")]
     Load(#[source] Box<aya::EbpfError>),
@@ -78,15 +80,24 @@ pub enum DatapathError {
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source: source.into() }
+    move |source| DatapathError::Map {
+        map,
+        source: source.into(),
+    }
 }
 
 fn xdp_map_err(map: &'static str) -> impl FnOnce(aya::maps::xdp::XdpMapError) -> DatapathError {
-    move |source| DatapathError::XdpMap { map, source: source.into() }
+    move |source| DatapathError::XdpMap {
+        map,
+        source: source.into(),
+    }
 }
 
 fn prog_err(prog: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
-    move |source| DatapathError::Program { prog, source: source.into() }
+    move |source| DatapathError::Program {
+        prog,
+        source: source.into(),
+    }
 }
 
 /// The XDP mode an attachment ended up in.
@@ -154,12 +165,20 @@ impl Datapath {
             return Err(DatapathError::NoObject);
         }
         let ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
-        let mut dp = Self { ebpf, attached: Vec::new() };
+        let mut dp = Self {
+            ebpf,
+            attached: Vec::new(),
+        };
         {
             let mut config: Array<_, DatapathConfig> =
                 Array::try_from(dp.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-            let value = DatapathConfig { listen_port, ..Default::default() };
-            config.set(CONFIG_KEY, value, 0).map_err(map_err("CONFIG"))?;
+            let value = DatapathConfig {
+                listen_port,
+                ..Default::default()
+            };
+            config
+                .set(CONFIG_KEY, value, 0)
+                .map_err(map_err("CONFIG"))?;
         }
         for name in [WAN_RX, WG_PASS, TUN_TX, CRYPT_RX, CRYPT_TX] {
             dp.xdp(name)?.load().map_err(prog_err(name))?;
@@ -176,11 +195,19 @@ impl Datapath {
     }
 
     fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
-        let prog = self.ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?;
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Missing(name))?;
         prog.try_into().map_err(prog_err(name))
     }
 
-    fn attach(&mut self, prog: &'static str, ifname: &str, policy: ModePolicy) -> Result<AttachMode, DatapathError> {
+    fn attach(
+        &mut self,
+        prog: &'static str,
+        ifname: &str,
+        policy: ModePolicy,
+    ) -> Result<AttachMode, DatapathError> {
         let xdp = self.xdp(prog)?;
         let mode = match policy {
             ModePolicy::Native => xdp
@@ -215,11 +242,18 @@ impl Datapath {
 
     /// Attaches `wan_rx` to `ifname` in the calling thread's network
     /// namespace, and registers it as an egress port. Returns the mode used.
-    pub fn attach_wan(&mut self, ifname: &str, policy: ModePolicy) -> Result<AttachMode, DatapathError> {
+    pub fn attach_wan(
+        &mut self,
+        ifname: &str,
+        policy: ModePolicy,
+    ) -> Result<AttachMode, DatapathError> {
         let mode = self.attach(WAN_RX, ifname, policy)?;
         if let Some(ifindex) = ifindex(ifname) {
-            let mut ports = DevMapHash::try_from(self.map_mut("TX_PORTS")?).map_err(map_err("TX_PORTS"))?;
-            ports.insert(ifindex, ifindex, None, 0).map_err(xdp_map_err("TX_PORTS"))?;
+            let mut ports =
+                DevMapHash::try_from(self.map_mut("TX_PORTS")?).map_err(map_err("TX_PORTS"))?;
+            ports
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(xdp_map_err("TX_PORTS"))?;
         }
         Ok(mode)
     }
@@ -227,7 +261,11 @@ impl Datapath {
     /// Sets up the tunnel side: `wg_pass` on `wg0`, `tun_tx` on `wg0x`,
     /// the crypto programs on every steering CPU, and the tunnel config.
     /// Returns the XDP mode of `tun_tx`.
-    pub fn attach_tunnel(&mut self, t: &TunnelSetup, policy: ModePolicy) -> Result<AttachMode, DatapathError> {
+    pub fn attach_tunnel(
+        &mut self,
+        t: &TunnelSetup,
+        policy: ModePolicy,
+    ) -> Result<AttachMode, DatapathError> {
         let online = online_cpus();
         let mut cfg = TunnelConfig {
             wg_mac: t.wg_mac,
@@ -252,28 +290,46 @@ impl Datapath {
         }
         cfg.ncpus = t.cpus.len() as u32;
         {
-            let rx_fd = self.xdp(CRYPT_RX)?.fd().map_err(prog_err(CRYPT_RX))?.try_clone().map_err(|e| {
-                DatapathError::Program { prog: CRYPT_RX, source: Box::new(aya::programs::ProgramError::IOError(e)) }
-            })?;
-            let tx_fd = self.xdp(CRYPT_TX)?.fd().map_err(prog_err(CRYPT_TX))?.try_clone().map_err(|e| {
-                DatapathError::Program { prog: CRYPT_TX, source: Box::new(aya::programs::ProgramError::IOError(e)) }
-            })?;
+            let rx_fd = self
+                .xdp(CRYPT_RX)?
+                .fd()
+                .map_err(prog_err(CRYPT_RX))?
+                .try_clone()
+                .map_err(|e| DatapathError::Program {
+                    prog: CRYPT_RX,
+                    source: Box::new(aya::programs::ProgramError::IOError(e)),
+                })?;
+            let tx_fd = self
+                .xdp(CRYPT_TX)?
+                .fd()
+                .map_err(prog_err(CRYPT_TX))?
+                .try_clone()
+                .map_err(|e| DatapathError::Program {
+                    prog: CRYPT_TX,
+                    source: Box::new(aya::programs::ProgramError::IOError(e)),
+                })?;
             for (name, fd) in [("CPUS_RX", &rx_fd), ("CPUS_TX", &tx_fd)] {
                 let mut cpumap = CpuMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
                 for &cpu in &t.cpus {
-                    cpumap.set(cpu, CPUMAP_QUEUE, Some(fd), 0).map_err(xdp_map_err(name))?;
+                    cpumap
+                        .set(cpu, CPUMAP_QUEUE, Some(fd), 0)
+                        .map_err(xdp_map_err(name))?;
                 }
             }
         }
         {
-            let mut ports = DevMapHash::try_from(self.map_mut("TX_PORTS")?).map_err(map_err("TX_PORTS"))?;
-            ports.insert(t.wgx_ifindex, t.wgx_ifindex, None, 0).map_err(xdp_map_err("TX_PORTS"))?;
+            let mut ports =
+                DevMapHash::try_from(self.map_mut("TX_PORTS")?).map_err(map_err("TX_PORTS"))?;
+            ports
+                .insert(t.wgx_ifindex, t.wgx_ifindex, None, 0)
+                .map_err(xdp_map_err("TX_PORTS"))?;
         }
         // The config goes in before the programs are attached, so that
         // `wan_rx` starts steering only once everything behind it exists.
         self.attach(WG_PASS, &t.wg_ifname, policy)?;
         let mode = self.attach(TUN_TX, &t.wgx_ifname, policy)?;
-        let mut tunnel: Array<_, TunnelConfig> = Array::try_from(self.map_mut("TUNNEL")?).map_err(map_err("TUNNEL"))?;
+        let mut tunnel: Array<_, TunnelConfig> =
+            Array::try_from(self.map_mut("TUNNEL")?).map_err(map_err("TUNNEL"))?;
         tunnel.set(0, cfg, 0).map_err(map_err("TUNNEL"))?;
         Ok(mode)
     }
@@ -285,28 +341,39 @@ impl Datapath {
 
     /// Writes a peer slot.
     pub fn set_peer(&mut self, id: u32, peer: &Peer) -> Result<(), DatapathError> {
-        let mut peers: Array<_, Peer> = Array::try_from(self.map_mut("PEERS")?).map_err(map_err("PEERS"))?;
+        let mut peers: Array<_, Peer> =
+            Array::try_from(self.map_mut("PEERS")?).map_err(map_err("PEERS"))?;
         peers.set(id, peer, 0).map_err(map_err("PEERS"))
     }
 
     /// Reads a peer slot (the data path updates endpoints on roaming).
     pub fn peer(&self, id: u32) -> Result<Peer, DatapathError> {
-        let peers: Array<_, Peer> = Array::try_from(self.map("PEERS")?).map_err(map_err("PEERS"))?;
+        let peers: Array<_, Peer> =
+            Array::try_from(self.map("PEERS")?).map_err(map_err("PEERS"))?;
         peers.get(&id, 0).map_err(map_err("PEERS"))
     }
 
     /// Routes `prefix` to peer `id` (and accepts it as a source from them).
-    pub fn add_allowed(&mut self, addr: IpAddr, prefix_len: u8, id: u32) -> Result<(), DatapathError> {
+    pub fn add_allowed(
+        &mut self,
+        addr: IpAddr,
+        prefix_len: u8,
+        id: u32,
+    ) -> Result<(), DatapathError> {
         match addr {
             IpAddr::V4(a) => {
                 let mut t: LpmTrie<_, [u8; 4], u32> =
-                    LpmTrie::try_from(self.map_mut("ALLOWED_V4")?).map_err(map_err("ALLOWED_V4"))?;
-                t.insert(&Key::new(prefix_len as u32, a.octets()), id, 0).map_err(map_err("ALLOWED_V4"))
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V4")?)
+                        .map_err(map_err("ALLOWED_V4"))?;
+                t.insert(&Key::new(prefix_len as u32, a.octets()), id, 0)
+                    .map_err(map_err("ALLOWED_V4"))
             }
             IpAddr::V6(a) => {
                 let mut t: LpmTrie<_, [u8; 16], u32> =
-                    LpmTrie::try_from(self.map_mut("ALLOWED_V6")?).map_err(map_err("ALLOWED_V6"))?;
-                t.insert(&Key::new(prefix_len as u32, a.octets()), id, 0).map_err(map_err("ALLOWED_V6"))
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V6")?)
+                        .map_err(map_err("ALLOWED_V6"))?;
+                t.insert(&Key::new(prefix_len as u32, a.octets()), id, 0)
+                    .map_err(map_err("ALLOWED_V6"))
             }
         }
     }
@@ -316,12 +383,14 @@ impl Datapath {
         let r = match addr {
             IpAddr::V4(a) => {
                 let mut t: LpmTrie<_, [u8; 4], u32> =
-                    LpmTrie::try_from(self.map_mut("ALLOWED_V4")?).map_err(map_err("ALLOWED_V4"))?;
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V4")?)
+                        .map_err(map_err("ALLOWED_V4"))?;
                 t.remove(&Key::new(prefix_len as u32, a.octets()))
             }
             IpAddr::V6(a) => {
                 let mut t: LpmTrie<_, [u8; 16], u32> =
-                    LpmTrie::try_from(self.map_mut("ALLOWED_V6")?).map_err(map_err("ALLOWED_V6"))?;
+                    LpmTrie::try_from(self.map_mut("ALLOWED_V6")?)
+                        .map_err(map_err("ALLOWED_V6"))?;
                 t.remove(&Key::new(prefix_len as u32, a.octets()))
             }
         };
@@ -333,14 +402,16 @@ impl Datapath {
 
     /// Installs (or replaces) the session for local receiver index `index`.
     pub fn install_session(&mut self, index: u32, s: &Session) -> Result<(), DatapathError> {
-        let mut m: HashMap<_, u32, Session> = HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        let mut m: HashMap<_, u32, Session> =
+            HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
         m.insert(index, s, 0).map_err(map_err("SESSIONS"))
     }
 
     /// Reads a session back (tests, and the control plane's view of the
     /// send counter).
     pub fn session(&self, index: u32) -> Result<Option<Session>, DatapathError> {
-        let m: HashMap<_, u32, Session> = HashMap::try_from(self.map("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        let m: HashMap<_, u32, Session> =
+            HashMap::try_from(self.map("SESSIONS")?).map_err(map_err("SESSIONS"))?;
         match m.get(&index, 0) {
             Ok(s) => Ok(Some(s)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -350,7 +421,8 @@ impl Datapath {
 
     /// Removes a session; absent is fine.
     pub fn remove_session(&mut self, index: u32) -> Result<(), DatapathError> {
-        let mut m: HashMap<_, u32, Session> = HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        let mut m: HashMap<_, u32, Session> =
+            HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
         match m.remove(&index) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err("SESSIONS")(e)),
@@ -379,19 +451,28 @@ impl Datapath {
 
     /// Takes the event ring buffer (once) for the control plane's loop.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(DatapathError::Missing("EVENTS"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(DatapathError::Missing("EVENTS"))?;
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
     }
 
     /// All counters, summed over all CPUs.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
         let per_cpu = self.counters_per_cpu()?;
-        Ok(Counters(per_cpu.into_iter().map(|(c, v)| (c, v.iter().sum())).collect()))
+        Ok(Counters(
+            per_cpu
+                .into_iter()
+                .map(|(c, v)| (c, v.iter().sum()))
+                .collect(),
+        ))
     }
 
     /// All counters, one value per possible CPU (index = CPU number).
     pub fn counters_per_cpu(&self) -> Result<BTreeMap<Counter, Vec<u64>>, DatapathError> {
-        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("STATS")?).map_err(map_err("STATS"))?;
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map("STATS")?).map_err(map_err("STATS"))?;
         let mut out = BTreeMap::new();
         for c in Counter::ALL {
             let per_cpu = stats.get(&(c as u32), 0).map_err(map_err("STATS"))?;
@@ -426,7 +507,10 @@ pub fn online_cpus() -> Vec<u32> {
         .ok()
         .and_then(|s| parse_cpu_list(s.trim()));
     parsed.unwrap_or_else(|| {
-        (0..std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)).collect()
+        (0..std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1))
+            .collect()
     })
 }
 
@@ -459,7 +543,12 @@ impl Counters {
 
     /// Counter-wise difference `self - earlier` (saturating).
     pub fn since(&self, earlier: &Counters) -> Counters {
-        Counters(self.0.iter().map(|(c, v)| (*c, v.saturating_sub(earlier.get(*c)))).collect())
+        Counters(
+            self.0
+                .iter()
+                .map(|(c, v)| (*c, v.saturating_sub(earlier.get(*c))))
+                .collect(),
+        )
     }
 }
 

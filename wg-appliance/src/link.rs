@@ -80,7 +80,11 @@ pub struct TunnelLink {
 }
 
 /// Creates `ifname`/`ifname`x with the invariants of this module.
-pub async fn create_tunnel(handle: &Handle, ifname: &str, mtu: u16) -> Result<TunnelLink, LinkError> {
+pub async fn create_tunnel(
+    handle: &Handle,
+    ifname: &str,
+    mtu: u16,
+) -> Result<TunnelLink, LinkError> {
     check_name(ifname)?;
     let peer = peer_name(ifname);
     for n in [ifname, peer.as_str()] {
@@ -88,7 +92,12 @@ pub async fn create_tunnel(handle: &Handle, ifname: &str, mtu: u16) -> Result<Tu
             return Err(LinkError::Exists(n.to_owned()));
         }
     }
-    handle.link().add(LinkVeth::new(ifname, &peer).build()).execute().await.map_err(nl)?;
+    handle
+        .link()
+        .add(LinkVeth::new(ifname, &peer).build())
+        .execute()
+        .await
+        .map_err(nl)?;
     let result = configure(handle, ifname, &peer, mtu).await;
     if result.is_err() {
         // Leave nothing half made.
@@ -97,12 +106,20 @@ pub async fn create_tunnel(handle: &Handle, ifname: &str, mtu: u16) -> Result<Tu
     result
 }
 
-async fn configure(handle: &Handle, ifname: &str, peer: &str, mtu: u16) -> Result<TunnelLink, LinkError> {
+async fn configure(
+    handle: &Handle,
+    ifname: &str,
+    peer: &str,
+    mtu: u16,
+) -> Result<TunnelLink, LinkError> {
     let index = ifindex(ifname).ok_or_else(|| LinkError::NotFound(ifname.to_owned()))?;
     let peer_index = ifindex(peer).ok_or_else(|| LinkError::NotFound(peer.to_owned()))?;
     // No IPv6 link-local on wg0 (set before it goes up) and no duplicate
     // address detection: the tunnel is point to point.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode"), "1");
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode"),
+        "1",
+    );
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0");
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{peer}/disable_ipv6"), "1");
     // The XDP FIB lookup that routes encrypted packets is made as if they
@@ -110,51 +127,88 @@ async fn configure(handle: &Handle, ifname: &str, peer: &str, mtu: u16) -> Resul
     // forwarding on. (It also lets the kernel route tunnel traffic onward,
     // which a gateway does anyway; AllowedIPs still bound the sources.)
     for fam in ["ipv4", "ipv6"] {
-        std::fs::write(format!("/proc/sys/net/{fam}/conf/{ifname}/forwarding"), "1").map_err(|source| LinkError::Io {
-            what: format!("enabling {fam} forwarding on {ifname}"),
-            source,
-        })?;
+        std::fs::write(format!("/proc/sys/net/{fam}/conf/{ifname}/forwarding"), "1").map_err(
+            |source| LinkError::Io {
+                what: format!("enabling {fam} forwarding on {ifname}"),
+                source,
+            },
+        )?;
     }
     ethtool_off(ifname)?;
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).arp(false).mtu(mtu as u32).up().build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .arp(false)
+                .mtu(mtu as u32)
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .map_err(nl)?;
     handle
         .link()
-        .set(LinkUnspec::new_with_index(peer_index).mtu(mtu as u32 + 100).up().build())
+        .set(
+            LinkUnspec::new_with_index(peer_index)
+                .mtu(mtu as u32 + 100)
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .map_err(nl)?;
     let mac = mac_of(ifname)?;
-    Ok(TunnelLink { name: ifname.to_owned(), index, mac, peer_name: peer.to_owned(), peer_index, mtu })
+    Ok(TunnelLink {
+        name: ifname.to_owned(),
+        index,
+        mac,
+        peer_name: peer.to_owned(),
+        peer_index,
+        mtu,
+    })
 }
 
 /// Deletes `ifname` (and with it its veth peer). Absent is fine.
 pub async fn delete(handle: &Handle, ifname: &str) -> Result<(), LinkError> {
-    let Some(index) = ifindex(ifname) else { return Ok(()) };
+    let Some(index) = ifindex(ifname) else {
+        return Ok(());
+    };
     handle.link().del(index).execute().await.map_err(nl)
 }
 
 /// Adds an address to an interface.
-pub async fn add_address(handle: &Handle, index: u32, addr: IpAddr, prefix: u8) -> Result<(), LinkError> {
-    handle.address().add(index, addr, prefix).execute().await.map_err(nl)
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+) -> Result<(), LinkError> {
+    handle
+        .address()
+        .add(index, addr, prefix)
+        .execute()
+        .await
+        .map_err(nl)
 }
 
 /// The interfaces whose routes carry traffic to `endpoints`, plus those with
 /// a default route: where `wan_rx` belongs by default. Found by asking the
 /// kernel which source address it would use (a connected UDP socket sends
 /// nothing) and which interface holds that address.
-pub async fn wan_interfaces(handle: &Handle, endpoints: &[SocketAddr]) -> Result<Vec<String>, LinkError> {
+pub async fn wan_interfaces(
+    handle: &Handle,
+    endpoints: &[SocketAddr],
+) -> Result<Vec<String>, LinkError> {
     let mut names = Vec::new();
     let mut probes: Vec<SocketAddr> = endpoints.to_vec();
     probes.push("192.0.2.1:9".parse().expect("literal")); // TEST-NET-1: the default route
     probes.push("[2001:db8::1]:9".parse().expect("literal"));
     let mut local_addrs = Vec::new();
     for p in probes {
-        let bind: SocketAddr = if p.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let bind: SocketAddr = if p.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal");
         if let Ok(s) = UdpSocket::bind(bind) {
             if s.connect(p).is_ok() {
                 if let Ok(local) = s.local_addr() {
@@ -189,7 +243,11 @@ fn ifname_of(index: u32) -> Option<String> {
         return None;
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// MAC address of an interface (from sysfs of this namespace's view; a
@@ -201,7 +259,10 @@ pub fn mac_of(ifname: &str) -> Result<[u8; 6], LinkError> {
     // SAFETY: valid socket and ifreq.
     let rc = unsafe { libc::ioctl(fd.0, libc::SIOCGIFHWADDR, &mut req) };
     if rc != 0 {
-        return Err(LinkError::Io { what: format!("reading the MAC address of {ifname}"), source: std::io::Error::last_os_error() });
+        return Err(LinkError::Io {
+            what: format!("reading the MAC address of {ifname}"),
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
@@ -224,7 +285,10 @@ fn ioctl_socket() -> Result<Fd, LinkError> {
     // SAFETY: plain socket creation.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(LinkError::Io { what: "socket for interface ioctls".into(), source: std::io::Error::last_os_error() });
+        return Err(LinkError::Io {
+            what: "socket for interface ioctls".into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(Fd(fd))
 }

@@ -19,7 +19,9 @@ pub unsafe fn fetch_add_u64(p: *mut u64, v: u64) -> u64 {
             // fetch-add to the legacy non-fetching XADD even when the old
             // value is used (seen with LLVM 22: every packet got the same
             // counter). SeqCst gets BPF_ADD | BPF_FETCH.
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(p, v)
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+                p, v,
+            )
         }
     }
     #[cfg(not(target_arch = "bpf"))]
@@ -40,7 +42,9 @@ pub unsafe fn fetch_or_u64(p: *mut u64, v: u64) -> u64 {
     {
         // SAFETY: forwarded from the caller.
         unsafe {
-            core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+            core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p, v,
+            )
         }
     }
     #[cfg(not(target_arch = "bpf"))]

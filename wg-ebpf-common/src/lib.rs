@@ -347,8 +347,13 @@ mod tests {
             Invalid(Counter::DropBadDataLength)
         );
         assert_eq!(
-            classify_framing([4, 0, 0, 0], 40),
+            classify_framing([4, 0, 0, 0], 31),
             Invalid(Counter::DropBadDataLength)
+        );
+        // A full-MTU packet: 1420 bytes of plaintext, not padded past the MTU.
+        assert_eq!(
+            classify_framing([4, 0, 0, 0], 1452),
+            Valid(Counter::PassTransportData)
         );
         assert_eq!(
             classify_framing([0, 0, 0, 0], 148),
@@ -373,8 +378,8 @@ mod tests {
         for ty in 0u8..=255 {
             for len in 4..=1500 {
                 let v = classify_framing([ty, 0, 0, 0], len);
-                let valid = matches!((ty, len), (1, 148) | (2, 92) | (3, 64))
-                    || (ty == 4 && len >= 32);
+                let valid =
+                    matches!((ty, len), (1, 148) | (2, 92) | (3, 64)) || (ty == 4 && len >= 32);
                 assert_eq!(matches!(v, Framing::Valid(_)), valid, "type {ty} len {len}");
             }
         }

@@ -219,11 +219,17 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(size_of::<Session>(), 32 + 32 + 8 + 8 + REPLAY_WORDS * 8 + 8 + 16);
+        assert_eq!(
+            size_of::<Session>(),
+            32 + 32 + 8 + 8 + REPLAY_WORDS * 8 + 8 + 16
+        );
         assert_eq!(size_of::<Peer>(), 16 + 16 + 4 + 2 + 2 + 4 + 4);
         assert_eq!(core::mem::align_of::<Session>(), 8);
         assert_eq!(size_of::<PeerStats>(), 64);
         assert_eq!(size_of::<EventHeader>(), 16);
-        assert_eq!(size_of::<TunnelConfig>(), 6 + 2 + 2 + 2 + 4 + 4 + 4 + 4 * MAX_CPUS as usize + 4 + 4);
+        assert_eq!(
+            size_of::<TunnelConfig>(),
+            6 + 2 + 2 + 2 + 4 + 4 + 4 + 4 * MAX_CPUS as usize + 4 + 4
+        );
     }
 }

@@ -93,7 +93,10 @@ mod tests {
 
     impl W {
         fn new() -> Self {
-            Self { next: 0, bitmap: [0; REPLAY_WORDS] }
+            Self {
+                next: 0,
+                bitmap: [0; REPLAY_WORDS],
+            }
         }
         fn accept(&mut self, c: u64) -> bool {
             let pre = precheck(self.next, &self.bitmap, c);

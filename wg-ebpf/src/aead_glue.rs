@@ -89,7 +89,13 @@ fn store(ctx: &XdpContext, off: usize, src: *mut u32, len: usize) -> bool {
 /// Returns whether it succeeded; the tag is then in the per-CPU scratch.
 /// (A plain bool: see `crypt::pack` on what BTF does with Rust enums.)
 #[inline(never)]
-fn crypt<const SEAL: bool>(ctx: &XdpContext, off: usize, len: usize, key: &[u8; 32], counter: u64) -> bool {
+fn crypt<const SEAL: bool>(
+    ctx: &XdpContext,
+    off: usize,
+    len: usize,
+    key: &[u8; 32],
+    counter: u64,
+) -> bool {
     crypt_inner::<SEAL>(ctx, off, len, key, counter).is_some()
 }
 
@@ -114,8 +120,16 @@ fn crypt_inner<const SEAL: bool>(
     // where a bounded loop is walked chunk by chunk for every path through
     // the program (hundreds of thousands of instructions, seconds of load
     // time, for a 1,440-byte packet).
-    let mut lc = LoopCtx { xdp: ctx.ctx, off: off as u64, ok: 1 };
-    let cb = if SEAL { seal_cb as *mut c_void } else { open_cb as *mut c_void };
+    let mut lc = LoopCtx {
+        xdp: ctx.ctx,
+        off: off as u64,
+        ok: 1,
+    };
+    let cb = if SEAL {
+        seal_cb as *mut c_void
+    } else {
+        open_cb as *mut c_void
+    };
     // SAFETY: the callback has the signature bpf_loop expects and only
     // touches `lc` and the per-CPU scratch.
     let rc = unsafe { bpf_loop(full as u32, cb, &mut lc as *mut LoopCtx as *mut c_void, 0) };
@@ -150,7 +164,9 @@ pub fn seal(ctx: &XdpContext, off: usize, len: usize, key: &[u8; 32], counter: u
     if !crypt::<true>(ctx, off, len, key, counter) {
         return false;
     }
-    let Some(s) = AEAD_SCRATCH.get_ptr_mut(0) else { return false };
+    let Some(s) = AEAD_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU value; XDP programs do not nest on a CPU.
     let s = unsafe { &mut *s };
     store(ctx, off + len, s.tag.as_mut_ptr(), TAG_LEN)
@@ -163,7 +179,9 @@ pub fn open(ctx: &XdpContext, off: usize, len: usize, key: &[u8; 32], counter: u
     if !crypt::<false>(ctx, off, len, key, counter) {
         return false;
     }
-    let Some(s) = AEAD_SCRATCH.get_ptr_mut(0) else { return false };
+    let Some(s) = AEAD_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU value; XDP programs do not nest on a CPU.
     let s = unsafe { &mut *s };
     let buf = s.buf.as_mut_ptr();

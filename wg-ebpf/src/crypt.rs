@@ -148,10 +148,18 @@ struct RxPlan {
 /// their own (the BPF stack is 512 bytes for the whole chain).
 #[inline(always)]
 fn try_crypt_rx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
-    let mut plan = RxPlan { receiver: 0, counter: 0, ct: 0, ct_len: 0, now: 0 };
+    let mut plan = RxPlan {
+        receiver: 0,
+        counter: 0,
+        ct: 0,
+        ct_len: 0,
+        now: 0,
+    };
     unpack(rx_prepare(ctx, &mut plan))?;
     // Looked up again rather than passed along: see `RxPlan`.
-    let sp = SESSIONS.get_ptr_mut(&plan.receiver).ok_or(Counter::DropUnknownIndex)?;
+    let sp = SESSIONS
+        .get_ptr_mut(&plan.receiver)
+        .ok_or(Counter::DropUnknownIndex)?;
     // SAFETY: a live map value.
     let key = unsafe { &(*sp).recv_key };
     if !open(ctx, plan.ct, plan.ct_len, key, plan.counter) {
@@ -201,7 +209,9 @@ fn rx_prepare_inner(ctx: &XdpContext, plan: &mut RxPlan) -> Result<(), Counter> 
     let counter = u64::from_le_bytes([
         hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
     ]);
-    let sp = SESSIONS.get_ptr_mut(&receiver).ok_or(Counter::DropUnknownIndex)?;
+    let sp = SESSIONS
+        .get_ptr_mut(&receiver)
+        .ok_or(Counter::DropUnknownIndex)?;
     // SAFETY: a live map value.
     let s: &Session = unsafe { &*sp };
     if s.flags & SESSION_CAN_RECV == 0 {
@@ -233,7 +243,9 @@ fn rx_finish(ctx: &XdpContext, plan: &RxPlan) -> u64 {
 #[inline(always)]
 fn rx_finish_inner(ctx: &XdpContext, plan: &RxPlan) -> Result<(Counter, u32), Counter> {
     let cfg = TUNNEL.get(0).ok_or(Counter::DropInternal)?;
-    let sp = SESSIONS.get_ptr_mut(&plan.receiver).ok_or(Counter::DropUnknownIndex)?;
+    let sp = SESSIONS
+        .get_ptr_mut(&plan.receiver)
+        .ok_or(Counter::DropUnknownIndex)?;
     // SAFETY: pointers into the live session; concurrent readers only race
     // on the replay fields, which `replay` handles.
     let s: &mut Session = unsafe { &mut *sp };
@@ -300,7 +312,9 @@ fn rx_finish_inner(ctx: &XdpContext, plan: &RxPlan) -> Result<(Counter, u32), Co
 /// it came in on, so replies leave the same way).
 #[inline(always)]
 fn roam(ctx: &XdpContext, peer_id: u32, o: &Outer) {
-    let Some(pp) = PEERS.get_ptr_mut(peer_id) else { return };
+    let Some(pp) = PEERS.get_ptr_mut(peer_id) else {
+        return;
+    };
     // SAFETY: a live map value; a torn endpoint from two CPUs roaming at
     // once is corrected by the next packet.
     let p: &mut Peer = unsafe { &mut *pp };
@@ -348,10 +362,18 @@ struct TxPlan {
 /// Split like `try_crypt_rx`, for the same stack reason.
 #[inline(always)]
 fn try_crypt_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
-    let mut plan = TxPlan { peer_id: 0, counter: 0, padded: 0, hdr_len: 0, keepalive: false };
+    let mut plan = TxPlan {
+        peer_id: 0,
+        counter: 0,
+        padded: 0,
+        hdr_len: 0,
+        keepalive: false,
+    };
     unpack(tx_prepare(ctx, &mut plan))?;
     let pp = PEERS.get(plan.peer_id).ok_or(Counter::DropNoPeer)?;
-    let sp = SESSIONS.get_ptr_mut(&pp.current_index).ok_or(Counter::DropSessionExpired)?;
+    let sp = SESSIONS
+        .get_ptr_mut(&pp.current_index)
+        .ok_or(Counter::DropSessionExpired)?;
     // SAFETY: a live map value.
     let key = unsafe { &(*sp).send_key };
     if !seal(ctx, plan.hdr_len, plan.padded, key, plan.counter) {
@@ -372,7 +394,11 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     let frame_len = ctx.data_end() - ctx.data();
     let (peer_id, inner_len, keepalive) = if proto == ETH_P_WG_CONTROL {
         let body = load::<8>(ctx, ETH_HLEN).map_err(|_| Counter::DropBadInner)?;
-        (u32::from_le_bytes([body[4], body[5], body[6], body[7]]), 0usize, true)
+        (
+            u32::from_le_bytes([body[4], body[5], body[6], body[7]]),
+            0usize,
+            true,
+        )
     } else {
         let inner = inner::parse(ctx, ETH_HLEN, frame_len - ETH_HLEN)?;
         let peer = inner::peer_for(ctx, ETH_HLEN, inner, false).ok_or(Counter::DropNoPeer)?;
@@ -424,7 +450,13 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return Err(Counter::DropInternal);
     }
-    *plan = TxPlan { peer_id, counter, padded, hdr_len, keepalive };
+    *plan = TxPlan {
+        peer_id,
+        counter,
+        padded,
+        hdr_len,
+        keepalive,
+    };
     Ok(())
 }
 
@@ -445,7 +477,8 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
     // SAFETY: read-only lookup of a map value.
     let sp = unsafe { SESSIONS.get(&peer.current_index) }.ok_or(Counter::DropSessionExpired)?;
     let remote_index = sp.remote_index;
-    let (padded, hdr_len, counter, keepalive) = (plan.padded, plan.hdr_len, plan.counter, plan.keepalive);
+    let (padded, hdr_len, counter, keepalive) =
+        (plan.padded, plan.hdr_len, plan.counter, plan.keepalive);
     let v6 = peer.endpoint_family == 6;
     let ip_len = if v6 { 40 } else { 20 };
 
@@ -528,7 +561,11 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
     h[wg] = MSG_TRANSPORT_DATA;
     h[wg + 4..wg + 8].copy_from_slice(&remote_index.to_le_bytes());
     h[wg + 8..wg + 16].copy_from_slice(&counter.to_le_bytes());
-    let res = if v6 { store(ctx, 0, &h[..78]) } else { store(ctx, 0, &h[..58]) };
+    let res = if v6 {
+        store(ctx, 0, &h[..78])
+    } else {
+        store(ctx, 0, &h[..58])
+    };
     res.map_err(|_| Counter::DropInternal)?;
     if v6 {
         let c = udp6_csum(ctx, ETH_HLEN, udp_len);
@@ -549,7 +586,11 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
             st.last_tx_data_ns = now;
         }
     }
-    let c = if keepalive { Counter::TxKeepalive } else { Counter::TxSent };
+    let c = if keepalive {
+        Counter::TxKeepalive
+    } else {
+        Counter::TxSent
+    };
     match TX_PORTS.redirect(fib.ifindex, 0) {
         Ok(v) => Ok((c, v)),
         Err(_) => Err(Counter::DropNoRoute),
@@ -608,7 +649,9 @@ fn udp6_csum(ctx: &XdpContext, l3: usize, udp_len: usize) -> u32 {
     // Pseudo-header: source and destination straight from the packet, then
     // the upper-layer length and next header (RFC 8200 §8.1).
     // SAFETY: buf holds 256 bytes; the helper checks the packet bounds.
-    if unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, (l3 + 8) as u32, buf as *mut _, 32) } != 0 {
+    if unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, (l3 + 8) as u32, buf as *mut _, 32) }
+        != 0
+    {
         return u32::MAX;
     }
     // SAFETY: bytes 32..40 of the 256-byte scratch.
@@ -634,7 +677,15 @@ fn udp6_csum(ctx: &XdpContext, l3: usize, udp_len: usize) -> u32 {
                 return u32::MAX;
             }
             // SAFETY: scratch holds 256 bytes; n is 1..=256.
-            if unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, (udp + off) as u32, buf as *mut _, n as u32) } != 0 {
+            if unsafe {
+                aya_ebpf::helpers::bpf_xdp_load_bytes(
+                    ctx.ctx,
+                    (udp + off) as u32,
+                    buf as *mut _,
+                    n as u32,
+                )
+            } != 0
+            {
                 return u32::MAX;
             }
             // bpf_csum_diff takes whole 32-bit words: an odd tunnel MTU can
@@ -650,7 +701,15 @@ fn udp6_csum(ctx: &XdpContext, l3: usize, udp_len: usize) -> u32 {
                 return u32::MAX;
             }
             // SAFETY: n4 is a multiple of 4 and at most 256.
-            sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, scratch as *mut u32, n4 as u32, sum as u32) };
+            sum = unsafe {
+                bpf_csum_diff(
+                    core::ptr::null_mut(),
+                    0,
+                    scratch as *mut u32,
+                    n4 as u32,
+                    sum as u32,
+                )
+            };
             if sum < 0 {
                 return u32::MAX;
             }

@@ -119,12 +119,16 @@ pub fn clamp_mss(ctx: &XdpContext, l3: usize, inner: Inner, mss: u16) {
         if i >= doff {
             return;
         }
-        let Ok(kind) = load::<1>(ctx, tcp + i) else { return };
+        let Ok(kind) = load::<1>(ctx, tcp + i) else {
+            return;
+        };
         match kind[0] {
             0 => return,
             1 => i += 1,
             2 => {
-                let Ok(opt) = load::<4>(ctx, tcp + i) else { return };
+                let Ok(opt) = load::<4>(ctx, tcp + i) else {
+                    return;
+                };
                 if opt[1] != 4 {
                     return;
                 }
@@ -141,7 +145,9 @@ pub fn clamp_mss(ctx: &XdpContext, l3: usize, inner: Inner, mss: u16) {
                 return;
             }
             _ => {
-                let Ok(opt) = load::<2>(ctx, tcp + i) else { return };
+                let Ok(opt) = load::<2>(ctx, tcp + i) else {
+                    return;
+                };
                 if opt[1] < 2 {
                     return;
                 }

@@ -20,13 +20,13 @@ use aya_ebpf::{
 };
 use wg_ebpf_common::{
     classify_framing,
+    maps::{MAX_CPUS, STEER_PER_PACKET},
     wire::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS,
         IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, IPV4_MF, IPV4_MIN_HLEN,
         IPV4_OFFSET_MASK, IPV6_FRAG_OFFSET_MASK, IPV6_HLEN, IPV6_MAX_EXT_HEADERS, UDP_HLEN,
         VLAN_HLEN,
     },
-    maps::{STEER_PER_PACKET, MAX_CPUS},
     Counter, Framing, CONFIG_KEY,
 };
 
@@ -243,7 +243,12 @@ pub(crate) fn steer_cpu(cfg: &wg_ebpf_common::maps::TunnelConfig, peer_id: u32) 
 pub(crate) fn store(ctx: &XdpContext, off: usize, buf: &[u8]) -> Result<(), ()> {
     // SAFETY: the helper checks the bounds against the packet.
     let rc = unsafe {
-        bpf_xdp_store_bytes(ctx.ctx, off as u32, buf.as_ptr() as *mut c_void, buf.len() as u32)
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            off as u32,
+            buf.as_ptr() as *mut c_void,
+            buf.len() as u32,
+        )
     };
     if rc != 0 {
         return Err(());

@@ -3,9 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{
-        lpm_trie::LpmTrie, Array, CpuMap, DevMapHash, HashMap, PerCpuArray, RingBuf,
-    },
+    maps::{lpm_trie::LpmTrie, Array, CpuMap, DevMapHash, HashMap, PerCpuArray, RingBuf},
 };
 use wg_ebpf_common::{
     maps::{
@@ -45,11 +43,9 @@ pub static PEER_STATS: PerCpuArray<PeerStats> = PerCpuArray::with_max_entries(MA
 
 /// Cryptokey routing: prefix → peer id, both directions.
 #[map]
-pub static ALLOWED_V4: LpmTrie<Ipv4Key, u32> =
-    LpmTrie::with_max_entries(MAX_ALLOWED_PREFIXES, 0);
+pub static ALLOWED_V4: LpmTrie<Ipv4Key, u32> = LpmTrie::with_max_entries(MAX_ALLOWED_PREFIXES, 0);
 #[map]
-pub static ALLOWED_V6: LpmTrie<Ipv6Key, u32> =
-    LpmTrie::with_max_entries(MAX_ALLOWED_PREFIXES, 0);
+pub static ALLOWED_V6: LpmTrie<Ipv6Key, u32> = LpmTrie::with_max_entries(MAX_ALLOWED_PREFIXES, 0);
 
 /// Steering targets: CPU → `crypt_rx` / `crypt_tx` running there.
 #[map]

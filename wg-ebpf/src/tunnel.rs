@@ -22,9 +22,9 @@ use wg_ebpf_common::{
 };
 
 use crate::{
-    count, inner, load, read_be16,
+    count, inner, load,
     maps::{CPUS_TX, EVENTS, PEERS, SESSIONS, TUNNEL},
-    steer_cpu, DROP, PASS,
+    read_be16, steer_cpu, DROP, PASS,
 };
 
 #[xdp]
@@ -96,7 +96,8 @@ fn try_tun_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
         }
         ETH_P_IP | ETH_P_IPV6 => {
             let inner = inner::parse(ctx, ETH_HLEN, avail - ETH_HLEN)?;
-            let peer_id = inner::peer_for(ctx, ETH_HLEN, inner, false).ok_or(Counter::DropNoPeer)?;
+            let peer_id =
+                inner::peer_for(ctx, ETH_HLEN, inner, false).ok_or(Counter::DropNoPeer)?;
             let mss = if inner.v6 { cfg.mss_v6 } else { cfg.mss_v4 };
             inner::clamp_mss(ctx, ETH_HLEN, inner, mss);
             peer_id
@@ -130,8 +131,17 @@ fn stage(ctx: &XdpContext, peer_id: u32, len: usize) -> Result<(Counter, u32), C
     let Some(mut rec) = EVENTS.reserve_bytes(REC, 0) else {
         return Err(Counter::DropEventsFull);
     };
-    let len = if len > EVENT_PACKET_MAX { EVENT_PACKET_MAX } else { len };
-    let hdr = EventHeader { kind: EVENT_NO_SESSION, peer_id, len: len as u32, _pad: 0 };
+    let len = if len > EVENT_PACKET_MAX {
+        EVENT_PACKET_MAX
+    } else {
+        len
+    };
+    let hdr = EventHeader {
+        kind: EVENT_NO_SESSION,
+        peer_id,
+        len: len as u32,
+        _pad: 0,
+    };
     let buf: &mut [u8] = &mut rec;
     let ok = if buf.len() >= REC && len > 0 {
         // SAFETY: the record is REC bytes; the header fits at its start.
