@@ -458,11 +458,13 @@ impl Daemon {
                     }
                 };
                 self.set_endpoint(pos, src);
+                // The session must be in the data path before the response
+                // leaves: the initiator answers it with data at once.
+                self.install(pos, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
                 if let Err(e) = self.sock.send_to(&resp, src).await {
                     tracing::warn!(peer = %peer_short, %src, error = %e, "sending handshake response failed");
                     return;
                 }
-                self.install(pos, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
                 self.peers[pos].last_handshake = Some(SystemTime::now());
                 tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
                 let mut acts = self.peers[pos]
