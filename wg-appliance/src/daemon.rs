@@ -1,19 +1,22 @@
 //! The control plane: wires the sans-I/O protocol modules to the UDP socket,
-//! the BPF maps, the tunnel interface and time.
+//! the BPF maps, the tunnel interface, the UAPI socket and time.
 //!
 //! One task owns all state (no locks): it receives handshake messages on
 //! the UDP socket (the XDP classifier passes only well-formed handshakes
 //! and cookie replies there), events from the data path's ring buffer
-//! ("no session, packet staged", "endpoint changed"), and a 100 ms tick
-//! that polls per-peer counters into timer events and fires due timers.
+//! ("no session, packet staged", "endpoint changed"), commands (UAPI
+//! requests, status queries for metrics), and a 100 ms tick that polls
+//! per-peer counters into timer events and fires due timers.
 //!
 //! Encryption of every transport message, keepalives and staged packets
 //! included, happens in BPF: the control plane injects such packets into
 //! `wg0` (an AF_PACKET socket), so `tun_tx`/`crypt_tx` remain the only user
 //! of each session's send counter and no nonce is ever reused.
+//!
+//! Peers are keyed by a dense id (1..): the index of their `PEERS` slot.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::Arc,
@@ -22,7 +25,11 @@ use std::{
 
 use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
-use tokio::{io::unix::AsyncFd, net::UdpSocket, sync::Notify};
+use tokio::{
+    io::unix::AsyncFd,
+    net::UdpSocket,
+    sync::{mpsc, oneshot, Notify},
+};
 use wg_ebpf_common::maps::{
     ControlFrame, EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession,
     CONTROL_MAGIC_KEEPALIVE, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION,
@@ -31,11 +38,12 @@ use wg_ebpf_common::maps::{
 
 use crate::{
     cookie::{Admission, CookieChecker, LoadDetector, LoadSignal},
-    datapath::{AttachMode, Datapath, ModePolicy, TunnelSetup},
+    datapath::{AttachMode, Counters, Datapath, ModePolicy, TunnelSetup},
     keys::{PresharedKey, PrivateKey, PublicKey},
     link::{self, TunnelLink},
     noise::{self, Handshake, Identity, Message, Tai64N},
     timers::{Action, Event, PeerTimers, SendCounter, TimerConfig},
+    uapi::{self, DeviceSnapshot, PeerSnapshot, Request, SetOp},
 };
 
 /// Packets kept per peer while a handshake is under way (the kernel
@@ -59,6 +67,7 @@ pub struct PeerSpec {
 pub struct DeviceSpec {
     pub ifname: String,
     pub private_key: PrivateKey,
+    /// 0: a random free port.
     pub listen_port: u16,
     pub peers: Vec<PeerSpec>,
     pub addresses: Vec<IpNet>,
@@ -73,6 +82,19 @@ pub struct DeviceSpec {
     pub mss: Option<u16>,
     /// Test hook: shorter REKEY_AFTER_TIME. Never set in production.
     pub rekey_after_time: Option<Duration>,
+}
+
+/// How a daemon without a configuration file starts (`wg-appliance wg0`):
+/// the interface comes up empty and `wg`/`wg-quick` configure it over UAPI.
+#[derive(Debug, Clone)]
+pub struct InterfaceOptions {
+    pub ifname: String,
+    pub mtu: u16,
+    pub wan: Vec<String>,
+    pub xdp_mode: ModePolicy,
+    pub per_packet: bool,
+    pub cpus: Option<Vec<u32>>,
+    pub mss: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +117,8 @@ pub enum DaemonError {
     },
     #[error("no WAN interface found: no route to any endpoint and no default route. Fix: name one with --wan (or WAN = in [Appliance])")]
     NoWan,
+    #[error("too many peers: at most {0}")]
+    TooManyPeers(u32),
 }
 
 /// What the timers know of a keypair: the data path owns the keys.
@@ -110,7 +134,6 @@ impl SendCounter for BpfKeypair {
 }
 
 struct PeerState {
-    id: u32,
     spec: PeerSpec,
     hs: Handshake,
     timers: PeerTimers<BpfKeypair>,
@@ -118,9 +141,10 @@ struct PeerState {
     endpoint: Option<SocketAddr>,
     stats: PeerStats,
     last_handshake: Option<SystemTime>,
+    handshakes: u64,
 }
 
-/// A snapshot of a peer for `show`, metrics and the UAPI.
+/// A snapshot of a peer for `show`, metrics and tests.
 #[derive(Clone, Debug)]
 pub struct PeerStatus {
     pub public_key: PublicKey,
@@ -130,24 +154,63 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub persistent_keepalive: Option<u16>,
+    /// Handshakes completed with this peer since the daemon started.
+    pub handshakes: u64,
+}
+
+/// Handshake outcomes, for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct HandshakeStats {
+    pub completed_initiator: u64,
+    pub completed_responder: u64,
+    pub initiations_sent: u64,
+    pub rejected: u64,
+    pub cookie_replies_sent: u64,
+}
+
+/// Everything the metrics endpoint reports, read at scrape time.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub interface: String,
+    pub listen_port: u16,
+    pub peers: Vec<PeerStatus>,
+    pub counters: Counters,
+    pub per_cpu: BTreeMap<wg_ebpf_common::Counter, Vec<u64>>,
+    pub handshakes: HandshakeStats,
+    pub sessions: usize,
+    pub tunnel_mode: AttachMode,
+    pub wan: Vec<(String, AttachMode)>,
+}
+
+/// Requests to the daemon's task from other tasks (UAPI, metrics).
+pub enum Command {
+    Uapi(Request, oneshot::Sender<String>),
+    Status(oneshot::Sender<Status>),
 }
 
 pub struct Daemon {
     dp: Datapath,
     link: TunnelLink,
     handle: rtnetlink::Handle,
-    identity: Identity,
-    checker: CookieChecker,
+    opts: InterfaceOptions,
+    rekey_after_time: Option<Duration>,
+    private_key: Option<PrivateKey>,
+    identity: Option<Identity>,
+    checker: Option<CookieChecker>,
     load: LoadDetector,
-    peers: Vec<PeerState>,
-    /// Local receiver index → peer position, for sessions and handshakes.
-    by_index: HashMap<u32, usize>,
+    peers: BTreeMap<u32, PeerState>,
+    /// Local receiver index → peer id, for sessions and handshakes.
+    by_index: HashMap<u32, u32>,
     sock: UdpSocket,
+    listen_port: u16,
+    fwmark: u32,
     inject: OwnedFd,
     start: Instant,
-    listen_port: u16,
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
+    hs_stats: HandshakeStats,
+    cmd_tx: mpsc::Sender<Command>,
+    cmd_rx: mpsc::Receiver<Command>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -170,13 +233,53 @@ fn jitter() -> Duration {
 }
 
 impl Daemon {
-    /// Brings the interface up: link, programs, maps, socket. On error
-    /// everything created so far is removed again.
+    /// Brings the interface up from a full specification (configuration
+    /// file or test). On error everything created so far is removed again.
     pub async fn start(spec: DeviceSpec) -> Result<Self, DaemonError> {
+        let opts = InterfaceOptions {
+            ifname: spec.ifname.clone(),
+            mtu: spec.mtu,
+            wan: spec.wan.clone(),
+            xdp_mode: spec.xdp_mode,
+            per_packet: spec.per_packet,
+            cpus: spec.cpus.clone(),
+            mss: spec.mss,
+        };
+        let endpoints: Vec<SocketAddr> = spec.peers.iter().filter_map(|p| p.endpoint).collect();
+        let mut d = Self::start_empty(opts, spec.listen_port, &endpoints).await?;
+        d.rekey_after_time = spec.rekey_after_time;
+        let r = async {
+            for a in &spec.addresses {
+                link::add_address(&d.handle, d.link.index, a.addr(), a.prefix_len()).await?;
+            }
+            d.set_private_key(Some(spec.private_key.clone()));
+            for p in &spec.peers {
+                let id = d.add_peer(p.public_key)?;
+                d.configure_peer(id, p)?;
+            }
+            Ok::<(), DaemonError>(())
+        }
+        .await;
+        match r {
+            Ok(()) => Ok(d),
+            Err(e) => {
+                d.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings an empty interface up (no key, no peers), for configuration
+    /// over UAPI. On error everything created so far is removed again.
+    pub async fn start_empty(
+        opts: InterfaceOptions,
+        listen_port: u16,
+        endpoints: &[SocketAddr],
+    ) -> Result<Self, DaemonError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(io("opening rtnetlink"))?;
         tokio::spawn(conn);
-        let tlink = link::create_tunnel(&handle, &spec.ifname, spec.mtu).await?;
-        match Self::start_on(spec, tlink.clone(), handle.clone()).await {
+        let tlink = link::create_tunnel(&handle, &opts.ifname, opts.mtu).await?;
+        match Self::start_on(opts, listen_port, endpoints, tlink.clone(), handle.clone()).await {
             Ok(d) => Ok(d),
             Err(e) => {
                 let _ = link::delete(&handle, &tlink.name).await;
@@ -186,20 +289,24 @@ impl Daemon {
     }
 
     async fn start_on(
-        spec: DeviceSpec,
+        opts: InterfaceOptions,
+        listen_port: u16,
+        endpoints: &[SocketAddr],
         tlink: TunnelLink,
         handle: rtnetlink::Handle,
     ) -> Result<Self, DaemonError> {
-        for a in &spec.addresses {
-            link::add_address(&handle, tlink.index, a.addr(), a.prefix_len()).await?;
-        }
-        let mut dp = Datapath::load(spec.listen_port)?;
-        let cpus = spec
+        let sock = bind_udp(listen_port)?;
+        let listen_port = sock
+            .local_addr()
+            .map_err(io("reading the bound port"))?
+            .port();
+        let mut dp = Datapath::load(listen_port)?;
+        let cpus = opts
             .cpus
             .clone()
             .unwrap_or_else(crate::datapath::online_cpus);
         // MSS: the tunnel MTU less IPv4+TCP (40) or IPv6+TCP (60) headers.
-        let mss_v4 = spec.mss.unwrap_or(spec.mtu.saturating_sub(40));
+        let mss_v4 = opts.mss.unwrap_or(opts.mtu.saturating_sub(40));
         let mss_v6 = mss_v4.saturating_sub(20);
         let tunnel_mode = dp.attach_tunnel(
             &TunnelSetup {
@@ -208,89 +315,73 @@ impl Daemon {
                 wg_ifindex: tlink.index,
                 wgx_ifname: tlink.peer_name.clone(),
                 wgx_ifindex: tlink.peer_index,
-                mtu: spec.mtu,
+                mtu: opts.mtu,
                 mss_v4,
                 mss_v6,
-                per_packet: spec.per_packet,
+                per_packet: opts.per_packet,
                 cpus,
                 reject_after_time_secs: 0,
             },
-            spec.xdp_mode,
+            opts.xdp_mode,
         )?;
-
-        let endpoints: Vec<SocketAddr> = spec.peers.iter().filter_map(|p| p.endpoint).collect();
-        let wan_names = if spec.wan.is_empty() {
-            link::wan_interfaces(&handle, &endpoints).await?
-        } else {
-            spec.wan.clone()
-        };
-        if wan_names.is_empty() {
-            return Err(DaemonError::NoWan);
-        }
-        let mut wan = Vec::new();
-        for w in &wan_names {
-            let mode = dp.attach_wan(w, spec.xdp_mode)?;
-            wan.push((w.clone(), mode));
-        }
-
-        let sock = bind_udp(spec.listen_port)?;
         let inject = packet_socket(tlink.index)?;
-        let identity = Identity::new(&spec.private_key);
-        let checker = CookieChecker::new(identity.public_key());
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let mut d = Daemon {
             dp,
             link: tlink,
             handle,
-            checker,
+            opts,
+            rekey_after_time: None,
+            private_key: None,
+            identity: None,
+            checker: None,
             load: LoadDetector::new(),
-            peers: Vec::new(),
+            peers: BTreeMap::new(),
             by_index: HashMap::new(),
             sock,
+            listen_port,
+            fwmark: 0,
             inject,
             start: Instant::now(),
-            listen_port: spec.listen_port,
-            wan,
+            wan: Vec::new(),
             tunnel_mode,
-            identity,
+            hs_stats: HandshakeStats::default(),
+            cmd_tx,
+            cmd_rx,
         };
-        let timer_cfg = |p: &PeerSpec| TimerConfig {
-            rekey_after_time: spec
-                .rekey_after_time
-                .unwrap_or(crate::timers::REKEY_AFTER_TIME),
-            persistent_keepalive: p
-                .persistent_keepalive
-                .filter(|k| *k > 0)
-                .map(|k| Duration::from_secs(k as u64)),
-        };
-        for (i, p) in spec.peers.iter().enumerate() {
-            // Peer ids start at 1: an all-zero PEERS slot means "none".
-            let id = i as u32 + 1;
-            let hs = Handshake::new(&d.identity, p.public_key, p.preshared_key.clone());
-            let state = PeerState {
-                id,
-                spec: p.clone(),
-                hs,
-                timers: PeerTimers::new(timer_cfg(p)),
-                staged: VecDeque::new(),
-                endpoint: p.endpoint,
-                stats: PeerStats::default(),
-                last_handshake: None,
-            };
-            d.peers.push(state);
-            d.write_peer(i)?;
-            for net in &p.allowed_ips {
-                d.dp.add_allowed(net.network(), net.prefix_len(), id)?;
-            }
+        d.attach_wans(endpoints).await?;
+        if d.wan.is_empty() {
+            return Err(DaemonError::NoWan);
         }
         tracing::info!(
             interface = %d.link.name,
             listen_port = d.listen_port,
-            peers = d.peers.len(),
             tunnel_xdp = %d.tunnel_mode,
             wan = ?d.wan.iter().map(|(n, m)| format!("{n} ({m})")).collect::<Vec<_>>(),
             "interface up"
         );
         Ok(d)
+    }
+
+    /// Attaches `wan_rx` where traffic to `endpoints` (or the default
+    /// route) leaves, unless WAN interfaces were named. Idempotent.
+    async fn attach_wans(&mut self, endpoints: &[SocketAddr]) -> Result<(), DaemonError> {
+        let names = if self.opts.wan.is_empty() {
+            link::wan_interfaces(&self.handle, endpoints).await?
+        } else {
+            self.opts.wan.clone()
+        };
+        for w in names {
+            if self.wan.iter().any(|(n, _)| *n == w)
+                || w == self.link.name
+                || w == self.link.peer_name
+            {
+                continue;
+            }
+            let mode = self.dp.attach_wan(&w, self.opts.xdp_mode)?;
+            self.wan.push((w, mode));
+        }
+        Ok(())
     }
 
     pub fn link(&self) -> &TunnelLink {
@@ -302,16 +393,18 @@ impl Daemon {
     }
 
     pub fn local_port(&self) -> u16 {
-        self.sock
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(self.listen_port)
+        self.listen_port
+    }
+
+    /// A sender for [`Command`]s to this daemon's task.
+    pub fn commands(&self) -> mpsc::Sender<Command> {
+        self.cmd_tx.clone()
     }
 
     /// The peers as `wg show` would report them.
     pub fn status(&self) -> Vec<PeerStatus> {
         self.peers
-            .iter()
+            .values()
             .map(|p| PeerStatus {
                 public_key: p.spec.public_key,
                 endpoint: p.endpoint,
@@ -320,14 +413,226 @@ impl Daemon {
                 rx_bytes: p.stats.rx_bytes,
                 tx_bytes: p.stats.tx_bytes,
                 persistent_keepalive: p.spec.persistent_keepalive,
+                handshakes: p.handshakes,
             })
             .collect()
     }
 
-    /// Writes peer `pos`'s data-path slot (endpoint, current session).
-    fn write_peer(&mut self, pos: usize) -> Result<(), DaemonError> {
-        let p = &self.peers[pos];
-        let mut slot = self.dp.peer(p.id).unwrap_or_default();
+    fn full_status(&self) -> Status {
+        Status {
+            interface: self.link.name.clone(),
+            listen_port: self.listen_port,
+            peers: self.status(),
+            counters: self.dp.counters().unwrap_or_default(),
+            per_cpu: self.dp.counters_per_cpu().unwrap_or_default(),
+            handshakes: self.hs_stats.clone(),
+            sessions: self.by_index.len(),
+            tunnel_mode: self.tunnel_mode,
+            wan: self.wan.clone(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn timer_config(&self, keepalive: Option<u16>) -> TimerConfig {
+        TimerConfig {
+            rekey_after_time: self
+                .rekey_after_time
+                .unwrap_or(crate::timers::REKEY_AFTER_TIME),
+            persistent_keepalive: keepalive
+                .filter(|k| *k > 0)
+                .map(|k| Duration::from_secs(k as u64)),
+        }
+    }
+
+    // ----- configuration --------------------------------------------------
+
+    fn set_private_key(&mut self, key: Option<PrivateKey>) {
+        let same = match (&self.private_key, &key) {
+            (Some(a), Some(b)) => a.as_bytes() == b.as_bytes(),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        self.identity = key.as_ref().map(Identity::new);
+        self.checker = self
+            .identity
+            .as_ref()
+            .map(|i| CookieChecker::new(i.public_key()));
+        self.private_key = key;
+        // Handshakes depend on our static key: start them afresh.
+        if let Some(identity) = &self.identity {
+            for p in self.peers.values_mut() {
+                p.hs = Handshake::new(identity, p.spec.public_key, p.spec.preshared_key.clone());
+            }
+        }
+    }
+
+    /// Creates a peer (or returns the existing one's id).
+    fn add_peer(&mut self, public_key: PublicKey) -> Result<u32, DaemonError> {
+        if let Some(id) = self.peer_id(&public_key) {
+            return Ok(id);
+        }
+        let max = wg_ebpf_common::maps::MAX_PEERS;
+        let id = (1..max)
+            .find(|i| !self.peers.contains_key(i))
+            .ok_or(DaemonError::TooManyPeers(max - 1))?;
+        let spec = PeerSpec {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+        };
+        // Without our key yet, a placeholder handshake; set_private_key
+        // replaces it. It cannot complete without an identity anyway.
+        let placeholder;
+        let identity = match &self.identity {
+            Some(i) => i,
+            None => {
+                placeholder = Identity::new(&PrivateKey::generate());
+                &placeholder
+            }
+        };
+        let state = PeerState {
+            hs: Handshake::new(identity, public_key, None),
+            timers: PeerTimers::new(self.timer_config(None)),
+            spec,
+            staged: VecDeque::new(),
+            endpoint: None,
+            stats: PeerStats::default(),
+            last_handshake: None,
+            handshakes: 0,
+        };
+        self.peers.insert(id, state);
+        self.write_peer(id)?;
+        tracing::info!(peer = %public_key.short(), id, "peer added");
+        Ok(id)
+    }
+
+    fn peer_id(&self, key: &PublicKey) -> Option<u32> {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.spec.public_key == *key)
+            .map(|(id, _)| *id)
+    }
+
+    /// Applies a full peer specification to peer `id`.
+    fn configure_peer(&mut self, id: u32, spec: &PeerSpec) -> Result<(), DaemonError> {
+        self.set_psk(id, spec.preshared_key.clone());
+        if let Some(ep) = spec.endpoint {
+            self.set_peer_endpoint(id, ep)?;
+        }
+        self.set_keepalive(id, spec.persistent_keepalive.unwrap_or(0));
+        for net in &spec.allowed_ips {
+            self.add_allowed(id, *net)?;
+        }
+        Ok(())
+    }
+
+    fn set_psk(&mut self, id: u32, psk: Option<PresharedKey>) {
+        let psk = psk.filter(|k| !k.is_zero());
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.hs.set_preshared_key(psk.clone());
+            p.spec.preshared_key = psk;
+        }
+    }
+
+    fn set_peer_endpoint(&mut self, id: u32, ep: SocketAddr) -> Result<(), DaemonError> {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.spec.endpoint = Some(ep);
+            p.endpoint = Some(ep);
+        }
+        self.write_peer(id)
+    }
+
+    fn set_keepalive(&mut self, id: u32, secs: u16) -> Vec<Action> {
+        let now = self.now();
+        let Some(p) = self.peers.get_mut(&id) else {
+            return Vec::new();
+        };
+        p.spec.persistent_keepalive = (secs > 0).then_some(secs);
+        let interval = (secs > 0).then(|| Duration::from_secs(secs as u64));
+        p.timers.set_persistent_keepalive(interval, now)
+    }
+
+    /// Routes `net` to peer `id`; a prefix belongs to one peer, so it
+    /// moves from whoever had it.
+    fn add_allowed(&mut self, id: u32, net: IpNet) -> Result<(), DaemonError> {
+        let net = net.trunc();
+        for (other, p) in self.peers.iter_mut() {
+            if *other != id {
+                p.spec.allowed_ips.retain(|n| *n != net);
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            if !p.spec.allowed_ips.contains(&net) {
+                p.spec.allowed_ips.push(net);
+            }
+        }
+        self.dp.add_allowed(net.network(), net.prefix_len(), id)?;
+        Ok(())
+    }
+
+    fn clear_allowed(&mut self, id: u32) -> Result<(), DaemonError> {
+        let nets = self
+            .peers
+            .get_mut(&id)
+            .map(|p| std::mem::take(&mut p.spec.allowed_ips))
+            .unwrap_or_default();
+        for net in nets {
+            self.dp.remove_allowed(net.network(), net.prefix_len())?;
+        }
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, id: u32) -> Result<(), DaemonError> {
+        self.clear_allowed(id)?;
+        let indexes: Vec<u32> = self
+            .by_index
+            .iter()
+            .filter(|(_, p)| **p == id)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in indexes {
+            self.by_index.remove(&i);
+            self.dp.remove_session(i)?;
+        }
+        self.dp.set_peer(id, &BpfPeer::default())?;
+        if let Some(p) = self.peers.remove(&id) {
+            tracing::info!(peer = %p.spec.public_key.short(), "peer removed");
+        }
+        Ok(())
+    }
+
+    async fn set_listen_port(&mut self, port: u16) -> Result<(), DaemonError> {
+        if port == self.listen_port && port != 0 {
+            return Ok(());
+        }
+        let sock = bind_udp(port)?;
+        let port = sock
+            .local_addr()
+            .map_err(io("reading the bound port"))?
+            .port();
+        apply_fwmark(&sock, self.fwmark);
+        self.sock = sock;
+        self.listen_port = port;
+        self.dp.set_listen_port(port)?;
+        tracing::info!(listen_port = port, "listening");
+        Ok(())
+    }
+
+    /// Writes peer `id`'s data-path slot (endpoint, flags); keeps the
+    /// current session and what roaming learnt unless the endpoint changed.
+    fn write_peer(&mut self, id: u32) -> Result<(), DaemonError> {
+        let Some(p) = self.peers.get(&id) else {
+            return Ok(());
+        };
+        let mut slot = self.dp.peer(id).unwrap_or_default();
         slot.flags = PEER_ACTIVE;
         if let Some(ep) = p.endpoint {
             let (family, addr) = match ep.ip() {
@@ -350,13 +655,167 @@ impl Daemon {
                 slot.ifindex = egress_ifindex(ep).unwrap_or(0);
             }
         }
-        self.dp.set_peer(p.id, &slot)?;
+        self.dp.set_peer(id, &slot)?;
         Ok(())
     }
 
-    fn now(&self) -> Duration {
-        self.start.elapsed()
+    // ----- UAPI ------------------------------------------------------------
+
+    /// The `get` answer.
+    pub fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            private_key: self.private_key.clone(),
+            listen_port: self.listen_port,
+            fwmark: self.fwmark,
+            peers: self
+                .peers
+                .values()
+                .map(|p| PeerSnapshot {
+                    public_key: p.spec.public_key,
+                    preshared_key: p.spec.preshared_key.clone(),
+                    endpoint: p.endpoint,
+                    allowed_ips: p.spec.allowed_ips.clone(),
+                    persistent_keepalive: p.spec.persistent_keepalive.unwrap_or(0),
+                    last_handshake: p.last_handshake.map(Into::into),
+                    rx_bytes: p.stats.rx_bytes,
+                    tx_bytes: p.stats.tx_bytes,
+                })
+                .collect(),
+        }
     }
+
+    /// Carries out a `set` request in order, as the cross-platform UAPI
+    /// describes; returns the errno for the reply (0 on success). A failed
+    /// operation stops the request there, the ones before it stay applied
+    /// (wireguard-go behaves the same).
+    pub async fn apply(&mut self, ops: Vec<SetOp>) -> i32 {
+        let mut current: Option<u32> = None;
+        // A peer named with update_only that does not exist: skip its ops.
+        let mut skipping = false;
+        let mut pending: Option<PublicKey> = None;
+        let mut new_endpoints = Vec::new();
+        let mut acts: Vec<(u32, Vec<Action>)> = Vec::new();
+        for op in ops {
+            // Create the peer named by public_key unless update_only follows.
+            if let Some(pk) = pending.take() {
+                if !matches!(op, SetOp::UpdateOnly) {
+                    match self.add_peer(pk) {
+                        Ok(id) => current = Some(id),
+                        Err(e) => return self.fail(e),
+                    }
+                }
+            }
+            let r: Result<(), DaemonError> = match op {
+                SetOp::PrivateKey(k) => {
+                    self.set_private_key(k);
+                    Ok(())
+                }
+                SetOp::ListenPort(port) => self.set_listen_port(port).await,
+                SetOp::FwMark(m) => {
+                    self.fwmark = m;
+                    apply_fwmark(&self.sock, m);
+                    Ok(())
+                }
+                SetOp::ReplacePeers => {
+                    let ids: Vec<u32> = self.peers.keys().copied().collect();
+                    ids.into_iter().try_for_each(|id| self.remove_peer(id))
+                }
+                SetOp::PublicKey(pk) => {
+                    skipping = false;
+                    current = self.peer_id(&pk);
+                    if current.is_none() {
+                        pending = Some(pk);
+                    }
+                    Ok(())
+                }
+                SetOp::UpdateOnly => {
+                    skipping = current.is_none();
+                    Ok(())
+                }
+                _ if skipping => Ok(()),
+                SetOp::Remove => match current.take() {
+                    Some(id) => {
+                        skipping = true;
+                        self.remove_peer(id)
+                    }
+                    None => Ok(()),
+                },
+                SetOp::PresharedKey(k) => {
+                    if let Some(id) = current {
+                        self.set_psk(id, Some(k));
+                    }
+                    Ok(())
+                }
+                SetOp::Endpoint(ep) => match current {
+                    Some(id) => {
+                        new_endpoints.push(ep);
+                        self.set_peer_endpoint(id, ep)
+                    }
+                    None => Ok(()),
+                },
+                SetOp::PersistentKeepaliveInterval(secs) => {
+                    if let Some(id) = current {
+                        let a = self.set_keepalive(id, secs);
+                        acts.push((id, a));
+                    }
+                    Ok(())
+                }
+                SetOp::ReplaceAllowedIps => match current {
+                    Some(id) => self.clear_allowed(id),
+                    None => Ok(()),
+                },
+                SetOp::AllowedIp(net) => match current {
+                    Some(id) => self.add_allowed(id, net),
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = r {
+                return self.fail(e);
+            }
+        }
+        if let Some(pk) = pending.take() {
+            if let Err(e) = self.add_peer(pk) {
+                return self.fail(e);
+            }
+        }
+        if !new_endpoints.is_empty() {
+            if let Err(e) = self.attach_wans(&new_endpoints).await {
+                return self.fail(e);
+            }
+        }
+        for (id, a) in acts {
+            self.act(id, a).await;
+        }
+        0
+    }
+
+    fn fail(&self, e: DaemonError) -> i32 {
+        tracing::warn!(error = %e, "UAPI set failed");
+        match e {
+            DaemonError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                uapi::IPC_ERROR_PORT_IN_USE
+            }
+            DaemonError::TooManyPeers(_) => uapi::IPC_ERROR_INVALID,
+            _ => uapi::IPC_ERROR_IO,
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Uapi(Request::Get, reply) => {
+                let _ = reply.send(uapi::format_get(&self.snapshot()));
+            }
+            Command::Uapi(Request::Set(ops), reply) => {
+                let errno = self.apply(ops).await;
+                let _ = reply.send(uapi::format_errno(errno));
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.full_status());
+            }
+        }
+    }
+
+    // ----- the loop ----------------------------------------------------------
 
     /// Runs until `stop` is notified.
     pub async fn run(&mut self, stop: Arc<Notify>) -> Result<(), DaemonError> {
@@ -369,17 +828,21 @@ impl Daemon {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 2048];
-        // Peers with persistent keepalive or an endpoint start at once, as
-        // the kernel does when a peer is configured with both.
-        for pos in 0..self.peers.len() {
-            if self.peers[pos]
+        // Peers with persistent keepalive and an endpoint start at once.
+        let ids: Vec<u32> = self.peers.keys().copied().collect();
+        for id in ids {
+            if self.peers[&id]
                 .spec
                 .persistent_keepalive
                 .is_some_and(|k| k > 0)
             {
                 let now = self.now();
-                let acts = self.peers[pos].timers.handle(now, Event::WantToSend);
-                self.act(pos, acts).await;
+                let acts = self
+                    .peers
+                    .get_mut(&id)
+                    .map(|p| p.timers.handle(now, Event::WantToSend))
+                    .unwrap_or_default();
+                self.act(id, acts).await;
             }
         }
         loop {
@@ -405,6 +868,7 @@ impl Daemon {
                         self.on_event(&item).await;
                     }
                 }
+                Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd).await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
@@ -413,6 +877,9 @@ impl Daemon {
     async fn on_datagram(&mut self, msg: &[u8], src: SocketAddr) {
         let src = canonical(src);
         let now = self.now();
+        if self.identity.is_none() {
+            return;
+        }
         let parsed = match Message::parse(msg) {
             Ok(m) => m,
             Err(e) => {
@@ -421,113 +888,132 @@ impl Daemon {
             }
         };
         match parsed {
-            Message::Initiation(m) => {
-                if !self.admit(m, src, now).await {
-                    return;
-                }
-                let opened = match noise::open_initiation(&self.identity, m) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::debug!(%src, error = %e, "handshake initiation refused");
-                        return;
-                    }
-                };
-                let Some(pos) = self
-                    .peers
-                    .iter()
-                    .position(|p| p.spec.public_key == *opened.peer_public())
-                else {
-                    tracing::debug!(%src, "initiation from an unknown public key");
-                    return;
-                };
-                let peer_short = self.peers[pos].spec.public_key.short();
-                if let Err(e) = self.peers[pos].hs.consume_initiation(opened, now) {
-                    tracing::debug!(peer = %peer_short, %src, error = %e, "initiation refused");
-                    return;
-                }
-                let local_index = self.new_index(pos);
-                let (resp, keypair) = match self.peers[pos].hs.create_response(
-                    &mut OsRng,
-                    local_index,
-                    now,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(peer = %peer_short, error = %e, "could not build a handshake response");
-                        return;
-                    }
-                };
-                self.set_endpoint(pos, src);
-                // The session must be in the data path before the response
-                // leaves: the initiator answers it with data at once.
-                self.install(pos, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
-                if let Err(e) = self.sock.send_to(&resp, src).await {
-                    tracing::warn!(peer = %peer_short, %src, error = %e, "sending handshake response failed");
-                    return;
-                }
-                self.peers[pos].last_handshake = Some(SystemTime::now());
-                tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
-                let mut acts = self.peers[pos]
-                    .timers
-                    .handle(now, Event::HandshakeInitiationReceived);
-                acts.extend(self.peers[pos].timers.handle(
-                    now,
-                    Event::HandshakeResponseSent {
-                        keypair: BpfKeypair,
-                        local_index,
-                    },
-                ));
-                self.act(pos, acts).await;
-            }
-            Message::Response(m) => {
-                if !self.admit(m, src, now).await {
-                    return;
-                }
-                let Some(receiver) = noise::receiver_index(m) else {
-                    return;
-                };
-                let Some(&pos) = self.by_index.get(&receiver) else {
-                    return;
-                };
-                let peer_short = self.peers[pos].spec.public_key.short();
-                let keypair = match self.peers[pos].hs.consume_response(m) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::debug!(peer = %peer_short, %src, error = %e, "handshake response refused");
-                        return;
-                    }
-                };
-                self.set_endpoint(pos, src);
-                self.install(pos, &keypair, SESSION_CAN_SEND | SESSION_CAN_RECV);
-                self.peers[pos].last_handshake = Some(SystemTime::now());
-                tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (initiator)");
-                let local_index = keypair.local_index();
-                let acts = self.peers[pos].timers.handle(
-                    now,
-                    Event::HandshakeResponseReceived {
-                        keypair: BpfKeypair,
-                        local_index,
-                    },
-                );
-                self.act(pos, acts).await;
-            }
+            Message::Initiation(m) => self.on_initiation(m, src, now).await,
+            Message::Response(m) => self.on_response(m, src, now).await,
             Message::CookieReply(m) => {
                 let Some(receiver) = noise::receiver_index(m) else {
                     return;
                 };
-                let Some(&pos) = self.by_index.get(&receiver) else {
+                let Some(&id) = self.by_index.get(&receiver) else {
                     return;
                 };
-                if let Err(e) = self.peers[pos].hs.cookie.consume_reply(m, now) {
-                    tracing::debug!(%src, error = %e, "cookie reply refused");
+                if let Some(p) = self.peers.get_mut(&id) {
+                    if let Err(e) = p.hs.cookie.consume_reply(m, now) {
+                        tracing::debug!(%src, error = %e, "cookie reply refused");
+                    }
                 }
             }
-            Message::Transport(_) => {
-                // Transport data reaches the socket only when no session
-                // matched in XDP and the classifier is not steering (no
-                // tunnel); nothing to do with it here.
-            }
+            // Transport data reaches the socket only when the classifier
+            // passed it (no tunnel yet): nothing to do with it here.
+            Message::Transport(_) => {}
         }
+    }
+
+    async fn on_initiation(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
+        if !self.admit(m, src, now).await {
+            return;
+        }
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let opened = match noise::open_initiation(identity, m) {
+            Ok(o) => o,
+            Err(e) => {
+                self.hs_stats.rejected += 1;
+                tracing::debug!(%src, error = %e, "handshake initiation refused");
+                return;
+            }
+        };
+        let Some(id) = self.peer_id(opened.peer_public()) else {
+            self.hs_stats.rejected += 1;
+            tracing::debug!(%src, "initiation from an unknown public key");
+            return;
+        };
+        let local_index = self.new_index(id);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let peer_short = p.spec.public_key.short();
+        if let Err(e) = p.hs.consume_initiation(opened, now) {
+            self.hs_stats.rejected += 1;
+            self.by_index.remove(&local_index);
+            tracing::debug!(peer = %peer_short, %src, error = %e, "initiation refused");
+            return;
+        }
+        let (resp, keypair) = match p.hs.create_response(&mut OsRng, local_index, now) {
+            Ok(r) => r,
+            Err(e) => {
+                self.by_index.remove(&local_index);
+                tracing::warn!(peer = %peer_short, error = %e, "could not build a handshake response");
+                return;
+            }
+        };
+        self.set_endpoint_seen(id, src);
+        // The session must be in the data path before the response leaves:
+        // the initiator answers it with data at once.
+        self.install(id, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
+        if let Err(e) = self.sock.send_to(&resp, src).await {
+            tracing::warn!(peer = %peer_short, %src, error = %e, "sending handshake response failed");
+            return;
+        }
+        self.hs_stats.completed_responder += 1;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.last_handshake = Some(SystemTime::now());
+        p.handshakes += 1;
+        tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
+        let mut acts = p.timers.handle(now, Event::HandshakeInitiationReceived);
+        acts.extend(p.timers.handle(
+            now,
+            Event::HandshakeResponseSent {
+                keypair: BpfKeypair,
+                local_index,
+            },
+        ));
+        self.act(id, acts).await;
+    }
+
+    async fn on_response(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
+        if !self.admit(m, src, now).await {
+            return;
+        }
+        let Some(receiver) = noise::receiver_index(m) else {
+            return;
+        };
+        let Some(&id) = self.by_index.get(&receiver) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let peer_short = p.spec.public_key.short();
+        let keypair = match p.hs.consume_response(m) {
+            Ok(k) => k,
+            Err(e) => {
+                self.hs_stats.rejected += 1;
+                tracing::debug!(peer = %peer_short, %src, error = %e, "handshake response refused");
+                return;
+            }
+        };
+        self.set_endpoint_seen(id, src);
+        self.install(id, &keypair, SESSION_CAN_SEND | SESSION_CAN_RECV);
+        self.hs_stats.completed_initiator += 1;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.last_handshake = Some(SystemTime::now());
+        p.handshakes += 1;
+        tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (initiator)");
+        let local_index = keypair.local_index();
+        let acts = p.timers.handle(
+            now,
+            Event::HandshakeResponseReceived {
+                keypair: BpfKeypair,
+                local_index,
+            },
+        );
+        self.act(id, acts).await;
     }
 
     /// mac1/mac2 and the cookie decision. Replies with a cookie when under
@@ -539,33 +1025,46 @@ impl Daemon {
             rate_limited: false,
         };
         let under_load = self.load.under_load(signal, now);
-        match self.checker.admit(msg, src, under_load, now, &mut OsRng) {
+        let Some(checker) = self.checker.as_mut() else {
+            return false;
+        };
+        match checker.admit(msg, src, under_load, now, &mut OsRng) {
             Admission::Process => true,
-            Admission::Drop => false,
+            Admission::Drop => {
+                self.hs_stats.rejected += 1;
+                false
+            }
             Admission::SendCookieReply => {
-                if let Ok(reply) = self.checker.create_reply(msg, src, now, &mut OsRng) {
-                    let _ = self.sock.send_to(&reply, src).await;
+                if let Ok(reply) = checker.create_reply(msg, src, now, &mut OsRng) {
+                    if self.sock.send_to(&reply, src).await.is_ok() {
+                        self.hs_stats.cookie_replies_sent += 1;
+                    }
                 }
                 false
             }
         }
     }
 
-    /// A fresh local index, unique among live ones, never 0.
-    fn new_index(&mut self, pos: usize) -> u32 {
+    /// A fresh local index for peer `id`, unique among live ones, never 0.
+    fn new_index(&mut self, id: u32) -> u32 {
         loop {
             let i = OsRng.next_u32();
             if i != 0 && !self.by_index.contains_key(&i) {
-                self.by_index.insert(i, pos);
+                self.by_index.insert(i, id);
                 return i;
             }
         }
     }
 
-    fn set_endpoint(&mut self, pos: usize, src: SocketAddr) {
-        if self.peers[pos].endpoint != Some(src) {
-            self.peers[pos].endpoint = Some(src);
-            if let Err(e) = self.write_peer(pos) {
+    /// The address an authenticated handshake came from becomes the
+    /// endpoint (WireGuard's roaming, for handshakes).
+    fn set_endpoint_seen(&mut self, id: u32, src: SocketAddr) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.endpoint != Some(src) {
+            p.endpoint = Some(src);
+            if let Err(e) = self.write_peer(id) {
                 tracing::warn!(error = %e, "updating the peer's endpoint in the data path failed");
             }
         }
@@ -573,8 +1072,7 @@ impl Daemon {
 
     /// Writes a session into the data path; the initiator's becomes the
     /// peer's sending session at once, the responder's on confirmation.
-    fn install(&mut self, pos: usize, kp: &noise::Keypair, flags: u32) {
-        let p = &self.peers[pos];
+    fn install(&mut self, id: u32, kp: &noise::Keypair, flags: u32) {
         let s = BpfSession {
             recv_key: *kp.receiving_key(),
             send_key: *kp.sending_key(),
@@ -583,17 +1081,16 @@ impl Daemon {
             replay_bitmap: [0; REPLAY_WORDS],
             birth_ns: ktime_ns(),
             remote_index: kp.remote_index(),
-            peer_id: p.id,
+            peer_id: id,
             flags,
             _pad: 0,
         };
-        self.by_index.insert(kp.local_index(), pos);
+        self.by_index.insert(kp.local_index(), id);
         if let Err(e) = self.dp.install_session(kp.local_index(), &s) {
             tracing::warn!(error = %e, "installing the session in the data path failed");
             return;
         }
         if flags & SESSION_CAN_SEND != 0 {
-            let id = p.id;
             match self.dp.peer(id) {
                 Ok(mut slot) => {
                     slot.current_index = kp.local_index();
@@ -614,26 +1111,26 @@ impl Daemon {
         // SAFETY: EventHeader is plain data and item holds enough bytes.
         let hdr: EventHeader =
             unsafe { std::ptr::read_unaligned(item.as_ptr() as *const EventHeader) };
-        let Some(pos) = self.peers.iter().position(|p| p.id == hdr.peer_id) else {
-            return;
-        };
+        let id = hdr.peer_id;
         match hdr.kind {
             EVENT_NO_SESSION => {
+                let now = self.now();
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
                 let len = (hdr.len as usize).min(item.len() - hdr_len);
-                let pkt = item[hdr_len..hdr_len + len].to_vec();
-                let p = &mut self.peers[pos];
                 if p.staged.len() >= MAX_STAGED {
                     p.staged.pop_front();
                 }
-                p.staged.push_back(pkt);
-                let acts = p.timers.handle(self.start.elapsed(), Event::WantToSend);
-                self.act(pos, acts).await;
+                p.staged.push_back(item[hdr_len..hdr_len + len].to_vec());
+                let acts = p.timers.handle(now, Event::WantToSend);
+                self.act(id, acts).await;
             }
             EVENT_ENDPOINT_CHANGED => {
-                if let Ok(slot) = self.dp.peer(hdr.peer_id) {
+                if let (Ok(slot), Some(p)) = (self.dp.peer(id), self.peers.get_mut(&id)) {
                     let ep = endpoint_of(&slot);
-                    tracing::info!(peer = %self.peers[pos].spec.public_key.short(), endpoint = ?ep, "peer roamed");
-                    self.peers[pos].endpoint = ep;
+                    tracing::info!(peer = %p.spec.public_key.short(), endpoint = ?ep, "peer roamed");
+                    p.endpoint = ep;
                 }
             }
             _ => {}
@@ -642,19 +1139,24 @@ impl Daemon {
 
     async fn on_tick(&mut self) {
         let now = self.now();
-        for pos in 0..self.peers.len() {
-            let id = self.peers[pos].id;
+        let ids: Vec<u32> = self.peers.keys().copied().collect();
+        for id in ids {
             let Ok(stats) = self.dp.peer_stats(id) else {
                 continue;
             };
-            let old = self.peers[pos].stats;
-            self.peers[pos].stats = stats;
+            let next_seen = self.next_confirmed(id);
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let old = p.stats;
+            p.stats = stats;
             let mut acts = Vec::new();
             if stats.rx_packets > old.rx_packets {
                 let keepalive = stats.last_rx_data_ns == old.last_rx_data_ns;
-                let local_index = self.received_on(pos);
+                let local_index =
+                    next_seen.or_else(|| p.timers.keypairs.current().map(|c| c.local_index));
                 if let Some(local_index) = local_index {
-                    acts.extend(self.peers[pos].timers.handle(
+                    acts.extend(p.timers.handle(
                         now,
                         Event::TransportReceived {
                             local_index,
@@ -665,7 +1167,7 @@ impl Daemon {
             }
             if stats.tx_packets > old.tx_packets {
                 let keepalive = stats.last_tx_data_ns == old.last_tx_data_ns;
-                acts.extend(self.peers[pos].timers.handle(
+                acts.extend(p.timers.handle(
                     now,
                     Event::TransportSent {
                         keepalive,
@@ -673,84 +1175,93 @@ impl Daemon {
                     },
                 ));
             }
-            acts.extend(self.peers[pos].timers.tick(now));
-            self.act(pos, acts).await;
+            acts.extend(p.timers.tick(now));
+            self.act(id, acts).await;
         }
     }
 
-    /// Which session the new packets arrived on: the pending `next` one if
-    /// the data path has seen traffic on it (it confirms it), else current.
-    fn received_on(&self, pos: usize) -> Option<u32> {
-        let kp = &self.peers[pos].timers.keypairs;
-        if let Some(next) = kp.next() {
-            if let Ok(Some(s)) = self.dp.session(next.local_index) {
-                if s.replay_next > 0 {
-                    return Some(next.local_index);
-                }
-            }
+    /// The pending `next` session of peer `id` if the data path has seen
+    /// traffic on it (which confirms it).
+    fn next_confirmed(&self, id: u32) -> Option<u32> {
+        let next = self.peers.get(&id)?.timers.keypairs.next()?.local_index;
+        match self.dp.session(next) {
+            Ok(Some(s)) if s.replay_next > 0 => Some(next),
+            _ => None,
         }
-        kp.current().map(|c| c.local_index)
     }
 
     /// Carries out timer actions (which may produce more).
-    async fn act(&mut self, pos: usize, mut acts: Vec<Action>) {
+    async fn act(&mut self, id: u32, mut acts: Vec<Action>) {
         let mut rounds = 0;
         while !acts.is_empty() && rounds < 8 {
             rounds += 1;
             let mut more = Vec::new();
             for a in acts {
-                more.extend(self.act_one(pos, a).await);
+                more.extend(self.act_one(id, a).await);
             }
             acts = more;
         }
     }
 
-    async fn act_one(&mut self, pos: usize, a: Action) -> Vec<Action> {
+    async fn act_one(&mut self, id: u32, a: Action) -> Vec<Action> {
         let now = self.now();
         match a {
             Action::SendHandshakeInitiation => {
-                let Some(ep) = self.peers[pos].endpoint else {
+                let Some(ep) = self.peers.get(&id).and_then(|p| p.endpoint) else {
                     return Vec::new();
                 };
-                let local_index = self.new_index(pos);
-                let ts = Tai64N::from_system_time(SystemTime::now());
-                let msg =
-                    match self.peers[pos]
-                        .hs
-                        .create_initiation(&mut OsRng, ts, local_index, now)
-                    {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not build a handshake initiation");
-                            return Vec::new();
-                        }
-                    };
-                if let Err(e) = self.sock.send_to(&msg, ep).await {
-                    tracing::debug!(endpoint = %ep, error = %e, "sending handshake initiation failed");
+                if self.identity.is_none() {
+                    return Vec::new();
                 }
-                tracing::debug!(peer = %self.peers[pos].spec.public_key.short(), endpoint = %ep, "handshake initiation sent");
-                self.peers[pos]
+                let local_index = self.new_index(id);
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return Vec::new();
+                };
+                let ts = Tai64N::from_system_time(SystemTime::now());
+                let msg = match p.hs.create_initiation(&mut OsRng, ts, local_index, now) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not build a handshake initiation");
+                        return Vec::new();
+                    }
+                };
+                let short = p.spec.public_key.short();
+                let acts = p
                     .timers
-                    .handle(now, Event::HandshakeInitiationSent { jitter: jitter() })
+                    .handle(now, Event::HandshakeInitiationSent { jitter: jitter() });
+                match self.sock.send_to(&msg, ep).await {
+                    Ok(_) => {
+                        self.hs_stats.initiations_sent += 1;
+                        tracing::debug!(peer = %short, endpoint = %ep, "handshake initiation sent");
+                    }
+                    Err(e) => {
+                        tracing::debug!(endpoint = %ep, error = %e, "sending handshake initiation failed")
+                    }
+                }
+                acts
             }
             Action::SendKeepalive => {
-                if self.peers[pos].staged.is_empty() {
-                    self.inject_keepalive(pos);
+                if self.peers.get(&id).is_some_and(|p| p.staged.is_empty()) {
+                    self.inject_keepalive(id);
                 } else {
-                    self.inject_staged(pos);
+                    self.inject_staged(id);
                 }
                 Vec::new()
             }
             Action::SendStaged => {
-                self.inject_staged(pos);
+                self.inject_staged(id);
                 Vec::new()
             }
             Action::PurgeStaged => {
-                self.peers[pos].staged.clear();
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.staged.clear();
+                }
                 Vec::new()
             }
             Action::ClearHandshake => {
-                self.peers[pos].hs.clear();
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.hs.clear();
+                }
                 Vec::new()
             }
             Action::Retire(idx) => {
@@ -763,10 +1274,10 @@ impl Daemon {
         }
     }
 
-    fn inject_keepalive(&mut self, pos: usize) {
+    fn inject_keepalive(&mut self, id: u32) {
         let f = ControlFrame {
             magic: CONTROL_MAGIC_KEEPALIVE,
-            peer_id: self.peers[pos].id,
+            peer_id: id,
         };
         let mut frame = Vec::with_capacity(14 + 8);
         frame.extend_from_slice(&self.link.mac);
@@ -777,8 +1288,11 @@ impl Daemon {
         self.send_frame(&frame);
     }
 
-    fn inject_staged(&mut self, pos: usize) {
-        let staged: Vec<Vec<u8>> = self.peers[pos].staged.drain(..).collect();
+    fn inject_staged(&mut self, id: u32) {
+        let staged: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
+            Some(p) => p.staged.drain(..).collect(),
+            None => return,
+        };
         for pkt in staged {
             let proto: u16 = match pkt.first().map(|b| b >> 4) {
                 Some(4) => 0x0800,
@@ -819,6 +1333,70 @@ impl Daemon {
             tracing::warn!(interface = %name, error = %e, "removing the interface failed");
         } else {
             tracing::info!(interface = %name, "interface removed");
+        }
+    }
+}
+
+/// Serves the UAPI socket: each connection sends requests, each answered
+/// by the daemon's task through `cmds`.
+pub async fn serve_uapi(listener: tokio::net::UnixListener, cmds: mpsc::Sender<Command>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let cmds = cmds.clone();
+        tokio::spawn(async move {
+            if let Err(e) = uapi_connection(stream, cmds).await {
+                tracing::debug!(error = %e, "UAPI connection ended");
+            }
+        });
+    }
+}
+
+async fn uapi_connection(
+    mut stream: tokio::net::UnixStream,
+    cmds: mpsc::Sender<Command>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut reader = uapi::RequestReader::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "idle UAPI connection")
+            })??;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Err(e) = reader.push(&buf[..n]) {
+            stream
+                .write_all(uapi::format_errno(e.errno()).as_bytes())
+                .await?;
+            return Ok(());
+        }
+        loop {
+            match reader.next_request() {
+                Ok(Some(req)) => {
+                    let (tx, rx) = oneshot::channel();
+                    if cmds.send(Command::Uapi(req, tx)).await.is_err() {
+                        return Ok(());
+                    }
+                    let reply = rx
+                        .await
+                        .unwrap_or_else(|_| uapi::format_errno(uapi::IPC_ERROR_IO));
+                    stream.write_all(reply.as_bytes()).await?;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stream
+                        .write_all(uapi::format_errno(e.errno()).as_bytes())
+                        .await?;
+                    if e.closes_connection() {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 }
@@ -897,51 +1475,56 @@ fn interface_with_address(ip: IpAddr) -> Option<u32> {
     found.filter(|i| *i != 0)
 }
 
-/// The dual-stack UDP socket for handshake messages.
-fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
-    let err = |source| DaemonError::Bind { port, source };
-    let s = socket2_like::dual_stack_udp(port).map_err(err)?;
-    UdpSocket::from_std(s).map_err(err)
+fn apply_fwmark(sock: &UdpSocket, mark: u32) {
+    // SAFETY: setsockopt on a valid fd with a u32 value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            &mark as *const u32 as *const libc::c_void,
+            std::mem::size_of::<u32>() as u32,
+        );
+    }
 }
 
-mod socket2_like {
-    use std::{net::UdpSocket, os::fd::FromRawFd};
-
-    /// `[::]:port` with IPV6_V6ONLY off, non-blocking.
-    pub fn dual_stack_udp(port: u16) -> std::io::Result<UdpSocket> {
-        // SAFETY: plain socket calls on a descriptor we own.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_INET6,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            );
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let sock = UdpSocket::from_raw_fd(fd);
-            let off: libc::c_int = 0;
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                &off as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            );
-            let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
-            sa.sin6_family = libc::AF_INET6 as u16;
-            sa.sin6_port = port.to_be();
-            if libc::bind(
-                fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in6>() as u32,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(sock)
+/// The dual-stack UDP socket for handshake messages: `[::]:port` with
+/// IPV6_V6ONLY off, non-blocking. Port 0 picks a free one.
+fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
+    let err = |source| DaemonError::Bind { port, source };
+    // SAFETY: plain socket calls on a descriptor we own.
+    let std_sock = unsafe {
+        let fd = libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(err(std::io::Error::last_os_error()));
         }
-    }
+        let sock = std::net::UdpSocket::from_raw_fd(fd);
+        let off: libc::c_int = 0;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &off as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+        sa.sin6_family = libc::AF_INET6 as u16;
+        sa.sin6_port = port.to_be();
+        if libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        ) != 0
+        {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        sock
+    };
+    UdpSocket::from_std(std_sock).map_err(err)
 }
 
 /// AF_PACKET socket bound to `wg0`, for injecting frames into the tunnel.

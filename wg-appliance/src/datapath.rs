@@ -334,6 +334,17 @@ impl Datapath {
         Ok(mode)
     }
 
+    /// Changes the UDP port the classifier treats as WireGuard's.
+    pub fn set_listen_port(&mut self, listen_port: u16) -> Result<(), DatapathError> {
+        let mut config: Array<_, DatapathConfig> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+        let value = DatapathConfig {
+            listen_port,
+            ..Default::default()
+        };
+        config.set(CONFIG_KEY, value, 0).map_err(map_err("CONFIG"))
+    }
+
     /// Interfaces attached so far and their modes.
     pub fn attached(&self) -> &[(String, AttachMode)] {
         &self.attached

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod keys;
 pub mod link;
+pub mod metrics;
 pub mod noise;
 pub mod session;
 pub mod timers;

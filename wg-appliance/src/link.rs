@@ -193,7 +193,8 @@ pub async fn add_address(
 }
 
 /// The interfaces whose routes carry traffic to `endpoints`, plus those with
-/// a default route: where `wan_rx` belongs by default. Found by asking the
+/// a default route: where `wan_rx` belongs by default; failing both, every
+/// interface with an address. (The caller skips its own tunnel pair.) Found by asking the
 /// kernel which source address it would use (a connected UDP socket sends
 /// nothing) and which interface holds that address.
 pub async fn wan_interfaces(
@@ -225,6 +226,18 @@ pub async fn wan_interfaces(
             _ => false,
         });
         if has {
+            if let Some(name) = ifname_of(msg.header.index) {
+                if name != "lo" && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        // No default route and no endpoint yet (a server whose peers roam
+        // in): every interface with an address may receive WireGuard.
+        let mut addrs = handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.map_err(nl)? {
             if let Some(name) = ifname_of(msg.header.index) {
                 if name != "lo" && !names.contains(&name) {
                     names.push(name);

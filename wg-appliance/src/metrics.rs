@@ -1,0 +1,244 @@
+//! Prometheus metrics: rendered from a [`Status`] taken at scrape time (the
+//! per-CPU maps are read then, never copied on a timer), and a minimal
+//! HTTP/1.1 responder for `GET /metrics`.
+//!
+//! Per-peer series use prometheus_wireguard_exporter's names and labels so
+//! existing dashboards work; the appliance's own series are prefixed
+//! `wg_appliance_`.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+use crate::daemon::{Command, Status};
+
+/// `# friendly_name = ...` per public key (base64), from the config file.
+pub type FriendlyNames = HashMap<String, String>;
+
+fn counter_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// The Prometheus text for one interface.
+pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
+    let reg = Registry::new();
+    let ifc = s.interface.as_str();
+    let with_name = names.values().next().is_some();
+    let peer_labels: &[&str] = if with_name {
+        &["interface", "public_key", "allowed_ips", "friendly_name"]
+    } else {
+        &["interface", "public_key", "allowed_ips"]
+    };
+    let sent = counter_vec(
+        &reg,
+        "wireguard_sent_bytes_total",
+        "Bytes sent to the peer",
+        peer_labels,
+    )?;
+    let recv = counter_vec(
+        &reg,
+        "wireguard_received_bytes_total",
+        "Bytes received from the peer",
+        peer_labels,
+    )?;
+    let hs = GaugeVec::new(
+        Opts::new(
+            "wireguard_latest_handshake_seconds",
+            "UNIX time of the latest handshake with the peer (0: never)",
+        ),
+        peer_labels,
+    )?;
+    reg.register(Box::new(hs.clone()))?;
+    for p in &s.peers {
+        let key = p.public_key.to_base64();
+        let allowed = p
+            .allowed_ips
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let friendly = names.get(&key).cloned().unwrap_or_default();
+        let mut labels = vec![ifc, key.as_str(), allowed.as_str()];
+        if with_name {
+            labels.push(friendly.as_str());
+        }
+        sent.with_label_values(&labels).inc_by(p.tx_bytes);
+        recv.with_label_values(&labels).inc_by(p.rx_bytes);
+        let t = p
+            .last_handshake
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        hs.with_label_values(&labels).set(t);
+    }
+
+    let drops = counter_vec(
+        &reg,
+        "wg_appliance_dropped_packets_total",
+        "Packets the data path dropped, by reason",
+        &["interface", "reason"],
+    )?;
+    let events = counter_vec(
+        &reg,
+        "wg_appliance_datapath_packets_total",
+        "Packets the data path handled, by outcome",
+        &["interface", "outcome"],
+    )?;
+    for (c, v) in &s.counters.0 {
+        let name = c.name();
+        if c.is_drop() {
+            drops
+                .with_label_values(&[ifc, name.trim_start_matches("drop_")])
+                .inc_by(*v);
+        } else {
+            events.with_label_values(&[ifc, name]).inc_by(*v);
+        }
+    }
+    let per_cpu = counter_vec(
+        &reg,
+        "wg_appliance_cpu_packets_total",
+        "Packets decrypted (rx) and encrypted (tx) per steering CPU",
+        &["interface", "cpu", "direction"],
+    )?;
+    for (counter, dir) in [
+        (wg_ebpf_common::Counter::RxDelivered, "rx"),
+        (wg_ebpf_common::Counter::TxSent, "tx"),
+    ] {
+        if let Some(values) = s.per_cpu.get(&counter) {
+            for (cpu, v) in values.iter().enumerate() {
+                if *v > 0 {
+                    per_cpu
+                        .with_label_values(&[ifc, &cpu.to_string(), dir])
+                        .inc_by(*v);
+                }
+            }
+        }
+    }
+    let hsk = counter_vec(
+        &reg,
+        "wg_appliance_handshakes_total",
+        "Handshake messages by outcome",
+        &["interface", "outcome"],
+    )?;
+    let h = &s.handshakes;
+    for (outcome, v) in [
+        ("completed_initiator", h.completed_initiator),
+        ("completed_responder", h.completed_responder),
+        ("initiation_sent", h.initiations_sent),
+        ("rejected", h.rejected),
+    ] {
+        hsk.with_label_values(&[ifc, outcome]).inc_by(v);
+    }
+    counter_vec(
+        &reg,
+        "wg_appliance_cookie_replies_sent_total",
+        "Cookie replies sent while under load",
+        &["interface"],
+    )?
+    .with_label_values(&[ifc])
+    .inc_by(h.cookie_replies_sent);
+    gauge_vec(
+        &reg,
+        "wg_appliance_sessions",
+        "Sessions installed in the data path",
+        &["interface"],
+    )?
+    .with_label_values(&[ifc])
+    .set(s.sessions as i64);
+    let mode = gauge_vec(
+        &reg,
+        "wg_appliance_xdp_attached",
+        "XDP programs attached, by interface and mode (1 = attached)",
+        &["interface", "device", "role", "mode"],
+    )?;
+    mode.with_label_values(&[ifc, ifc, "tunnel", &s.tunnel_mode.to_string()])
+        .set(1);
+    for (dev, m) in &s.wan {
+        mode.with_label_values(&[ifc, dev, "wan", &m.to_string()])
+            .set(1);
+    }
+    gauge_vec(
+        &reg,
+        "wg_appliance_build_info",
+        "Build information",
+        &["version"],
+    )?
+    .with_label_values(&[env!("CARGO_PKG_VERSION")])
+    .set(1);
+
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&reg.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Serves `GET /metrics` on `addr` until the daemon goes away. Each scrape
+/// asks the daemon's task for a fresh [`Status`].
+pub async fn serve(listener: TcpListener, cmds: mpsc::Sender<Command>, names: FriendlyNames) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let cmds = cmds.clone();
+        let names = names.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if req.starts_with("GET ")
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                let (tx, rx) = oneshot::channel();
+                if cmds.send(Command::Status(tx)).await.is_err() {
+                    return;
+                }
+                match rx.await.ok().and_then(|s| render(&s, &names).ok()) {
+                    Some(text) => ("200 OK", text),
+                    None => (
+                        "500 Internal Server Error",
+                        "metrics unavailable\n".to_owned(),
+                    ),
+                }
+            } else {
+                ("404 Not Found", "see /metrics\n".to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// Binds the metrics listener, saying clearly why not.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
