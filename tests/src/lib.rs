@@ -13,6 +13,8 @@
 pub mod appliance;
 pub mod packet;
 pub mod peers;
+pub mod proc;
+pub mod topo;
 
 use std::{
     fs::File,
@@ -246,4 +248,20 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// The `wg-appliance` binary of this workspace's debug build (`cargo xtask
+/// test` builds it before the tests run).
+pub fn appliance_bin() -> Result<std::path::PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/wg-appliance");
+    if !bin.exists() {
+        bail!(
+            "{} is missing. Fix: cargo build -p wg-appliance (cargo xtask test does it)",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }

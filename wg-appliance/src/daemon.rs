@@ -142,6 +142,19 @@ struct PeerState {
     stats: PeerStats,
     last_handshake: Option<SystemTime>,
     handshakes: u64,
+    /// Handshake message bytes, counted into the transfer figures as the
+    /// kernel driver counts them (the data path counts transport data).
+    hs_rx_bytes: u64,
+    hs_tx_bytes: u64,
+}
+
+impl PeerState {
+    fn rx_bytes(&self) -> u64 {
+        self.stats.rx_bytes + self.hs_rx_bytes
+    }
+    fn tx_bytes(&self) -> u64 {
+        self.stats.tx_bytes + self.hs_tx_bytes
+    }
 }
 
 /// A snapshot of a peer for `show`, metrics and tests.
@@ -410,8 +423,8 @@ impl Daemon {
                 endpoint: p.endpoint,
                 allowed_ips: p.spec.allowed_ips.clone(),
                 last_handshake: p.last_handshake,
-                rx_bytes: p.stats.rx_bytes,
-                tx_bytes: p.stats.tx_bytes,
+                rx_bytes: p.rx_bytes(),
+                tx_bytes: p.tx_bytes(),
                 persistent_keepalive: p.spec.persistent_keepalive,
                 handshakes: p.handshakes,
             })
@@ -507,6 +520,8 @@ impl Daemon {
             stats: PeerStats::default(),
             last_handshake: None,
             handshakes: 0,
+            hs_rx_bytes: 0,
+            hs_tx_bytes: 0,
         };
         self.peers.insert(id, state);
         self.write_peer(id)?;
@@ -677,8 +692,8 @@ impl Daemon {
                     allowed_ips: p.spec.allowed_ips.clone(),
                     persistent_keepalive: p.spec.persistent_keepalive.unwrap_or(0),
                     last_handshake: p.last_handshake.map(Into::into),
-                    rx_bytes: p.stats.rx_bytes,
-                    tx_bytes: p.stats.tx_bytes,
+                    rx_bytes: p.rx_bytes(),
+                    tx_bytes: p.tx_bytes(),
                 })
                 .collect(),
         }
@@ -962,6 +977,8 @@ impl Daemon {
         };
         p.last_handshake = Some(SystemTime::now());
         p.handshakes += 1;
+        p.hs_rx_bytes += m.len() as u64;
+        p.hs_tx_bytes += resp.len() as u64;
         tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
         let mut acts = p.timers.handle(now, Event::HandshakeInitiationReceived);
         acts.extend(p.timers.handle(
@@ -1004,6 +1021,7 @@ impl Daemon {
         };
         p.last_handshake = Some(SystemTime::now());
         p.handshakes += 1;
+        p.hs_rx_bytes += m.len() as u64;
         tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (initiator)");
         let local_index = keypair.local_index();
         let acts = p.timers.handle(
@@ -1232,6 +1250,9 @@ impl Daemon {
                 match self.sock.send_to(&msg, ep).await {
                     Ok(_) => {
                         self.hs_stats.initiations_sent += 1;
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            p.hs_tx_bytes += msg.len() as u64;
+                        }
                         tracing::debug!(peer = %short, endpoint = %ep, "handshake initiation sent");
                     }
                     Err(e) => {

@@ -412,6 +412,17 @@ impl Plan {
             },
         };
         let mut names = metrics::FriendlyNames::new();
+        if cfg.is_none() {
+            // Under wg-quick the file is not ours to read, but friendly names
+            // for metrics are taken from where wg-quick keeps it, if there.
+            if let Ok(c) = config::load(Path::new(&format!("/etc/wireguard/{ifname}.conf"))) {
+                for p in &c.peers {
+                    if let Some(n) = &p.friendly_name {
+                        names.insert(p.public_key.to_base64(), n.clone());
+                    }
+                }
+            }
+        }
         let spec = match &cfg {
             None => None,
             Some(c) => {

@@ -64,6 +64,19 @@ pub fn run() -> Result<()> {
         None,
     )?);
 
+    // The CLI tests run the real binary.
+    steps.push(step(
+        "cargo build -p wg-appliance (binary for the CLI tests)",
+        &[
+            "build",
+            "--package",
+            "wg-appliance",
+            "--bin",
+            "wg-appliance",
+        ],
+        None,
+    )?);
+
     let mut counts = Counts::default();
     let t = Instant::now();
     let ok = cargo_test(&skip_log, &mut counts)?;
