@@ -42,7 +42,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => setup::ensure().and_then(|()| build_ebpf()),
-        Task::Demo => setup::ensure().and_then(|()| demo::run()),
+        Task::Demo => setup::ensure().and_then(|()| demo::run_demo()),
         Task::Test | Task::Ci => setup::ensure().and_then(|()| test::run()),
     };
     if let Err(e) = result {
