@@ -34,48 +34,45 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(root().join("target"))?;
     let _ = std::fs::remove_file(&skip_log);
 
+    let checks: [(&str, &[&str]); 4] = [
+        ("cargo fmt --check", &["fmt", "--all", "--", "--check"]),
+        (
+            "cargo fmt --check (wg-ebpf)",
+            &[
+                "fmt",
+                "--manifest-path",
+                "wg-ebpf/Cargo.toml",
+                "--",
+                "--check",
+            ],
+        ),
+        (
+            "cargo clippy --all-targets -D warnings",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        // The CLI tests run the real binary.
+        (
+            "cargo build -p wg-appliance (binary for the CLI tests)",
+            &[
+                "build",
+                "--package",
+                "wg-appliance",
+                "--bin",
+                "wg-appliance",
+            ],
+        ),
+    ];
     let mut steps = Vec::new();
-    steps.push(step(
-        "cargo fmt --check",
-        &["fmt", "--all", "--", "--check"],
-        None,
-    )?);
-    steps.push(step(
-        "cargo fmt --check (wg-ebpf)",
-        &[
-            "fmt",
-            "--manifest-path",
-            "wg-ebpf/Cargo.toml",
-            "--",
-            "--check",
-        ],
-        None,
-    )?);
-    steps.push(step(
-        "cargo clippy --all-targets -D warnings",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        None,
-    )?);
-
-    // The CLI tests run the real binary.
-    steps.push(step(
-        "cargo build -p wg-appliance (binary for the CLI tests)",
-        &[
-            "build",
-            "--package",
-            "wg-appliance",
-            "--bin",
-            "wg-appliance",
-        ],
-        None,
-    )?);
+    for (name, args) in checks {
+        steps.push(step(name, args)?);
+    }
 
     let mut counts = Counts::default();
     let t = Instant::now();
@@ -122,14 +119,11 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn step(name: &str, args: &[&str], env: Option<(&str, &str)>) -> Result<StepResult> {
+fn step(name: &str, args: &[&str]) -> Result<StepResult> {
     println!("\n==> {name}");
     let t = Instant::now();
     let mut cmd = Command::new("cargo");
     cmd.args(args).current_dir(root()).env("PATH", path_env());
-    if let Some((k, v)) = env {
-        cmd.env(k, v);
-    }
     let ok = cmd
         .status()
         .with_context(|| format!("cannot run cargo for {name}"))?
