@@ -4,7 +4,9 @@
 //! both run `setup` first when something is missing, so a fresh machine
 //! needs nothing else.
 
+mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -35,6 +37,19 @@ enum Task {
     Test,
     /// What CI runs (`.ci/run`): the same as `test`.
     Ci,
+    /// A/B benchmark of wg-appliance against wireguard-go and boringtun-cli
+    /// (release build; `cargo xtask bench --help` for the flags).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Fuzz every wire parser (cargo-fuzz on the nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() {
@@ -44,6 +59,8 @@ fn main() {
         Task::BuildEbpf => setup::ensure().and_then(|()| build_ebpf()),
         Task::Demo => setup::ensure().and_then(|()| demo::run_demo()),
         Task::Test | Task::Ci => setup::ensure().and_then(|()| test::run()),
+        Task::Bench { args } => setup::ensure().and_then(|()| bench::run(&args)),
+        Task::Fuzz { seconds } => setup::ensure().and_then(|()| fuzz::run(seconds)),
     };
     if let Err(e) = result {
         eprintln!("\nxtask: error: {e:#}");

@@ -57,6 +57,12 @@ const STEPS: &[Step] = &[
         fix: "see the bpf-linker step in xtask/src/setup.rs; it needs the nightly toolchain first",
     },
     Step {
+        name: "cargo-fuzz (fuzzing the wire parsers)",
+        present: cargo_fuzz_present,
+        install: cargo_fuzz_install,
+        fix: "cargo install cargo-fuzz --locked (needs crates.io)",
+    },
+    Step {
         name: "boringtun-cli (interop peer) into ./tools/bin",
         present: boringtun_present,
         install: boringtun_install,
@@ -272,6 +278,18 @@ fn boringtun_install() -> Result<()> {
                 "--root",
             ])
             .arg(&tools)
+            .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback"),
+    )
+}
+
+fn cargo_fuzz_present() -> bool {
+    quiet("cargo", &["+nightly", "fuzz", "--version"])
+}
+
+fn cargo_fuzz_install() -> Result<()> {
+    run_loud(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
             .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback"),
     )
 }

@@ -83,6 +83,25 @@ pub fn run() -> Result<()> {
         took: t.elapsed(),
     });
 
+    // Every wire parser under the fuzzer for a bounded time.
+    let t = Instant::now();
+    let fuzz_secs = 5;
+    let ok = match crate::fuzz::run(fuzz_secs) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("fuzzing failed: {e:#}");
+            false
+        }
+    };
+    steps.push(StepResult {
+        name: format!(
+            "fuzz {} targets × {fuzz_secs} s",
+            crate::fuzz::TARGETS.len()
+        ),
+        ok,
+        took: t.elapsed(),
+    });
+
     let skips: Vec<String> = std::fs::read_to_string(&skip_log)
         .unwrap_or_default()
         .lines()
