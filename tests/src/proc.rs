@@ -295,3 +295,79 @@ pub fn mss_of(line: &str) -> Option<u16> {
         .parse()
         .ok()
 }
+
+/// Byte `i` of the stream [`tcp_exact`] sends: not periodic in any small
+/// power of two, so reordered, duplicated or dropped segments show.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8)
+}
+
+/// Sends `bytes` of a known pattern over one TCP connection from `sender`
+/// to `dst` (an address of `receiver`, where a listener is bound), closes,
+/// and returns how many bytes arrived before EOF; any byte that differs
+/// from the pattern is an error. Every step is bounded by `timeout`.
+pub fn tcp_exact(
+    sender: &Netns,
+    receiver: &Netns,
+    dst: std::net::SocketAddr,
+    bytes: u64,
+    timeout: Duration,
+) -> Result<u64> {
+    use std::{
+        io::Write as _,
+        net::{Shutdown, TcpListener, TcpStream},
+    };
+    let l = receiver.enter(|| TcpListener::bind(dst))??;
+    l.set_nonblocking(true)?;
+    let rx = std::thread::spawn(move || -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        bail!("no connection to {dst} within {timeout:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf).context("reading the stream")?;
+            if n == 0 {
+                return Ok(got);
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                if *b != pattern(got + k as u64) {
+                    bail!("byte {} of the stream is corrupt", got + k as u64);
+                }
+            }
+            got += n as u64;
+            if Instant::now() >= deadline {
+                bail!("stream to {dst} still open after {timeout:?} ({got} bytes)");
+            }
+        }
+    });
+    let mut s = sender.enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(3)))??;
+    s.set_write_timeout(Some(timeout))?;
+    let mut sent = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len() as u64) as usize;
+        for (k, b) in chunk[..n].iter_mut().enumerate() {
+            *b = pattern(sent + k as u64);
+        }
+        s.write_all(&chunk[..n]).context("writing the stream")?;
+        sent += n as u64;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let got = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))??;
+    Ok(got)
+}

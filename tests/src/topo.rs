@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result};
 use wg_appliance::{
     daemon::{DeviceSpec, PeerSpec},
     datapath::ModePolicy,
-    keys::PrivateKey,
+    keys::{PrivateKey, PublicKey},
 };
 
 use crate::{
@@ -59,6 +59,9 @@ pub struct Tunnel {
     pub remote: Option<Remote>,
     pub kind: PeerKind,
     pub outer_v6: bool,
+    /// The gateway's and the far side's public keys.
+    pub gw_public: PublicKey,
+    pub peer_public: PublicKey,
     pub veth: Veth,
     pub gw: Netns,
     pub peer_ns: Netns,
@@ -118,17 +121,19 @@ impl Tunnel {
         if kind == PeerKind::Appliance {
             gw.exec("ethtool", &["-K", &veth.a, "gro", "on"])?;
         }
+        let gw_key = PrivateKey::generate();
+        let peer_key = PrivateKey::generate();
         let mut t = Tunnel {
             app: None,
             remote: None,
             kind,
             outer_v6,
+            gw_public: gw_key.public_key(),
+            peer_public: peer_key.public_key(),
             veth,
             gw,
             peer_ns,
         };
-        let gw_key = PrivateKey::generate();
-        let peer_key = PrivateKey::generate();
         let (gw_out, peer_out) = if outer_v6 {
             (GW_OUT6, PEER_OUT6)
         } else {

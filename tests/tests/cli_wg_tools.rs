@@ -60,6 +60,17 @@ fn sample(metrics: &str, metric: &str, label: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Stops a daemon we started even when the test fails: removing its UAPI
+/// socket is how `wg-quick down` stops userspace implementations, and it
+/// works even after the namespace is gone.
+struct DaemonGuard(String);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
+    }
+}
+
 struct Lab {
     gw: Netns,
     peer_ns: Netns,
@@ -99,6 +110,7 @@ fn wg_quick_and_wg_drive_wg_appliance() {
         peer_key.public_key().to_base64()
     );
     let path = write_conf(&ifname, &conf, 0o600);
+    let _guard = DaemonGuard(ifname.clone());
     let quick = |verb: &str| {
         l.gw.exec(
             "env",
@@ -303,6 +315,7 @@ fn up_show_down_from_a_config_file() {
         peer_key.public_key().to_base64()
     );
     let path = write_conf(&ifname, &conf, 0o600);
+    let _guard = DaemonGuard(ifname.clone());
     let b = bin.to_str().expect("bin");
     l.gw.exec(b, &["up", path.to_str().expect("path")])
         .expect("wg-appliance up");

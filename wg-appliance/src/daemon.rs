@@ -20,7 +20,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use ipnet::IpNet;
@@ -34,6 +34,7 @@ use wg_ebpf_common::maps::{
     ControlFrame, EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession,
     CONTROL_MAGIC_KEEPALIVE, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION,
     PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
+    SESSION_INITIATOR,
 };
 
 use crate::{
@@ -95,6 +96,8 @@ pub struct InterfaceOptions {
     pub per_packet: bool,
     pub cpus: Option<Vec<u32>>,
     pub mss: Option<u16>,
+    /// Test hook: shorter REKEY_AFTER_TIME. Never set in production.
+    pub rekey_after_time: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +221,9 @@ pub struct Daemon {
     listen_port: u16,
     fwmark: u32,
     inject: OwnedFd,
-    start: Instant,
+    /// Where the configuration is saved for a restarted daemon (None: a
+    /// restart will not be hitless).
+    state_path: Option<std::path::PathBuf>,
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
     hs_stats: HandshakeStats,
@@ -257,10 +262,10 @@ impl Daemon {
             per_packet: spec.per_packet,
             cpus: spec.cpus.clone(),
             mss: spec.mss,
+            rekey_after_time: spec.rekey_after_time,
         };
         let endpoints: Vec<SocketAddr> = spec.peers.iter().filter_map(|p| p.endpoint).collect();
         let mut d = Self::start_empty(opts, spec.listen_port, &endpoints).await?;
-        d.rekey_after_time = spec.rekey_after_time;
         let r = async {
             for a in &spec.addresses {
                 link::add_address(&d.handle, d.link.index, a.addr(), a.prefix_len()).await?;
@@ -274,7 +279,10 @@ impl Daemon {
         }
         .await;
         match r {
-            Ok(()) => Ok(d),
+            Ok(()) => {
+                d.save_state();
+                Ok(d)
+            }
             Err(e) => {
                 d.shutdown().await;
                 Err(e)
@@ -291,6 +299,17 @@ impl Daemon {
     ) -> Result<Self, DaemonError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(io("opening rtnetlink"))?;
         tokio::spawn(conn);
+        if link::ifindex(&opts.ifname).is_some() {
+            // A daemon died and left its data path running: adopt it.
+            if let (Ok(dir), Some(state)) = (
+                crate::persist::pin_dir(&opts.ifname),
+                crate::persist::state_path(&opts.ifname),
+            ) {
+                if dir.exists() && state.exists() {
+                    return Self::adopt(opts, handle, dir, state).await;
+                }
+            }
+        }
         let tlink = link::create_tunnel(&handle, &opts.ifname, opts.mtu).await?;
         match Self::start_on(opts, listen_port, endpoints, tlink.clone(), handle.clone()).await {
             Ok(d) => Ok(d),
@@ -298,6 +317,156 @@ impl Daemon {
                 let _ = link::delete(&handle, &tlink.name).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Takes over a data path a previous daemon left running (it was
+    /// killed): the pinned maps and links keep forwarding meanwhile; the
+    /// saved configuration and the sessions in the maps give back the
+    /// state, including when each session must be rekeyed.
+    async fn adopt(
+        opts: InterfaceOptions,
+        handle: rtnetlink::Handle,
+        dir: std::path::PathBuf,
+        state_path: std::path::PathBuf,
+    ) -> Result<Self, DaemonError> {
+        let state = crate::persist::SavedState::load(&state_path)
+            .map_err(|e| io("reading the saved state")(std::io::Error::other(e.to_string())))?;
+        let dp = Datapath::adopt(&dir)?;
+        let tlink = link::existing(&opts.ifname)?;
+        let sock = bind_udp(state.listen_port)?;
+        apply_fwmark(&sock, state.fwmark);
+        let listen_port = sock
+            .local_addr()
+            .map_err(io("reading the bound port"))?
+            .port();
+        let inject = packet_socket(tlink.index)?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let mut tunnel_mode = AttachMode::Native;
+        let mut wan = Vec::new();
+        for (name, mode) in dp.attached() {
+            if *name == tlink.peer_name {
+                tunnel_mode = *mode;
+            } else if *name != tlink.name {
+                wan.push((name.clone(), *mode));
+            }
+        }
+        let rekey_after_time = opts.rekey_after_time;
+        let mut d = Daemon {
+            dp,
+            link: tlink,
+            handle,
+            opts,
+            rekey_after_time,
+            private_key: None,
+            identity: None,
+            checker: None,
+            load: LoadDetector::new(),
+            peers: BTreeMap::new(),
+            by_index: HashMap::new(),
+            sock,
+            listen_port,
+            fwmark: state.fwmark,
+            inject,
+            state_path: Some(state_path),
+            wan,
+            tunnel_mode,
+            hs_stats: HandshakeStats::default(),
+            cmd_tx,
+            cmd_rx,
+        };
+        d.set_private_key(state.private_key.clone());
+        let now = d.now();
+        for (id, spec) in state.peers {
+            let placeholder;
+            let identity = match &d.identity {
+                Some(i) => i,
+                None => {
+                    placeholder = Identity::new(&PrivateKey::generate());
+                    &placeholder
+                }
+            };
+            let hs = Handshake::new(identity, spec.public_key, spec.preshared_key.clone());
+            let mut st = PeerState {
+                hs,
+                timers: PeerTimers::new(d.timer_config(spec.persistent_keepalive)),
+                endpoint: d
+                    .dp
+                    .peer(id)
+                    .ok()
+                    .as_ref()
+                    .and_then(endpoint_of)
+                    .or(spec.endpoint),
+                spec,
+                staged: VecDeque::new(),
+                stats: d.dp.peer_stats(id).unwrap_or_default(),
+                last_handshake: None,
+                handshakes: 0,
+                hs_rx_bytes: 0,
+                hs_tx_bytes: 0,
+            };
+            // The sessions the data path holds for this peer: the sending
+            // one is current, the others previous (newest first).
+            let current = d.dp.peer(id).map(|p| p.current_index).unwrap_or(0);
+            let mut sessions: Vec<(u32, BpfSession)> =
+                d.dp.sessions()?
+                    .into_iter()
+                    .filter(|(_, s)| s.peer_id == id)
+                    .collect();
+            sessions.sort_by_key(|(i, s)| (*i != current, std::cmp::Reverse(s.birth_ns)));
+            for (n, (index, s)) in sessions.into_iter().enumerate() {
+                let birth = Duration::from_nanos(s.birth_ns);
+                let initiator = s.flags & SESSION_INITIATOR != 0;
+                if n == 0 && index == current {
+                    let age = now.saturating_sub(birth);
+                    st.last_handshake = SystemTime::now().checked_sub(age);
+                }
+                if n >= 2 {
+                    // Older than previous: WireGuard keeps no such keys.
+                    d.dp.remove_session(index)?;
+                    continue;
+                }
+                d.by_index.insert(index, id);
+                for a in st.timers.restore(
+                    BpfKeypair,
+                    index,
+                    initiator,
+                    birth,
+                    n == 0 && index == current,
+                ) {
+                    if let Action::Retire(i) = a {
+                        d.by_index.remove(&i);
+                        d.dp.remove_session(i)?;
+                    }
+                }
+            }
+            tracing::info!(peer = %st.spec.public_key.short(), id, "peer adopted");
+            d.peers.insert(id, st);
+        }
+        tracing::info!(
+            interface = %d.link.name,
+            listen_port = d.listen_port,
+            sessions = d.by_index.len(),
+            "adopted the running data path (hitless restart)"
+        );
+        Ok(d)
+    }
+
+    /// Saves the configuration for a restarted daemon (see `persist`).
+    fn save_state(&self) {
+        let Some(path) = &self.state_path else { return };
+        let st = crate::persist::SavedState {
+            private_key: self.private_key.clone(),
+            listen_port: self.listen_port,
+            fwmark: self.fwmark,
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, p)| (*id, p.spec.clone()))
+                .collect(),
+        };
+        if let Err(e) = st.save(path) {
+            tracing::warn!(error = %e, "saving the state failed: a restart will not be hitless");
         }
     }
 
@@ -314,6 +483,16 @@ impl Daemon {
             .map_err(io("reading the bound port"))?
             .port();
         let mut dp = Datapath::load(listen_port)?;
+        // Pin before attaching, so the links are pinned too.
+        let state_path = match crate::persist::pin_dir(&opts.ifname)
+            .and_then(|dir| dp.persist(&dir).map_err(|e| e.to_string()))
+        {
+            Ok(()) => crate::persist::state_path(&opts.ifname),
+            Err(e) => {
+                tracing::warn!(error = %e, "the data path is not pinned: a restart of the daemon will not be hitless");
+                None
+            }
+        };
         let cpus = opts
             .cpus
             .clone()
@@ -339,12 +518,13 @@ impl Daemon {
         )?;
         let inject = packet_socket(tlink.index)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let rekey_after_time = opts.rekey_after_time;
         let mut d = Daemon {
             dp,
             link: tlink,
             handle,
             opts,
-            rekey_after_time: None,
+            rekey_after_time,
             private_key: None,
             identity: None,
             checker: None,
@@ -355,7 +535,7 @@ impl Daemon {
             listen_port,
             fwmark: 0,
             inject,
-            start: Instant::now(),
+            state_path,
             wan: Vec::new(),
             tunnel_mode,
             hs_stats: HandshakeStats::default(),
@@ -445,8 +625,10 @@ impl Daemon {
         }
     }
 
+    /// CLOCK_MONOTONIC, the data path's clock: session birth times in the
+    /// maps and timer deadlines compare directly, across daemon restarts.
     fn now(&self) -> Duration {
-        self.start.elapsed()
+        Duration::from_nanos(ktime_ns())
     }
 
     fn timer_config(&self, keepalive: Option<u16>) -> TimerConfig {
@@ -801,6 +983,7 @@ impl Daemon {
         for (id, a) in acts {
             self.act(id, a).await;
         }
+        self.save_state();
         0
     }
 
@@ -1014,7 +1197,11 @@ impl Daemon {
             }
         };
         self.set_endpoint_seen(id, src);
-        self.install(id, &keypair, SESSION_CAN_SEND | SESSION_CAN_RECV);
+        self.install(
+            id,
+            &keypair,
+            SESSION_CAN_SEND | SESSION_CAN_RECV | SESSION_INITIATOR,
+        );
         self.hs_stats.completed_initiator += 1;
         let Some(p) = self.peers.get_mut(&id) else {
             return;
@@ -1149,6 +1336,21 @@ impl Daemon {
                     let ep = endpoint_of(&slot);
                     tracing::info!(peer = %p.spec.public_key.short(), endpoint = ?ep, "peer roamed");
                     p.endpoint = ep;
+                }
+            }
+            wg_ebpf_common::maps::EVENT_NEIGH_MISSING => {
+                use wg_ebpf_common::maps::NeighMissing;
+                if item.len() < std::mem::size_of::<NeighMissing>() {
+                    return;
+                }
+                // SAFETY: plain data; the record holds enough bytes.
+                let ev: NeighMissing =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const NeighMissing) };
+                if let Some(hop) = ev.next_hop() {
+                    tracing::debug!(%hop, ifindex = ev.ifindex, "resolving a missing neighbour");
+                    if let Err(e) = link::resolve_neighbour(&self.handle, ev.ifindex, hop).await {
+                        tracing::debug!(%hop, error = %e, "neighbour resolution request failed");
+                    }
                 }
             }
             _ => {}
@@ -1349,6 +1551,11 @@ impl Daemon {
     pub async fn shutdown(self) {
         let name = self.link.name.clone();
         let handle = self.handle.clone();
+        // Going down for good: nothing may be left to adopt.
+        self.dp.unpin();
+        if let Some(p) = &self.state_path {
+            let _ = std::fs::remove_file(p);
+        }
         drop(self);
         if let Err(e) = link::delete(&handle, &name).await {
             tracing::warn!(interface = %name, error = %e, "removing the interface failed");

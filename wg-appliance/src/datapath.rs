@@ -75,6 +75,8 @@ pub enum DatapathError {
         native: Box<aya::programs::ProgramError>,
         generic: Box<aya::programs::ProgramError>,
     },
+    #[error("pinning: {0}. Fix: check that /run/wg-appliance/bpf is a BPF file system (mount -t bpf bpf /run/wg-appliance/bpf)")]
+    Pin(String),
     #[error("CPU {0} is not usable for steering (at most {MAX_CPUS} CPUs, numbered from 0, and online). Fix: choose CPUs from /sys/devices/system/cpu/online")]
     BadCpu(u32),
 }
@@ -152,9 +154,22 @@ pub struct TunnelSetup {
 }
 
 /// The loaded data path.
+///
+/// Maps are held by name apart from the object, so a data path loaded now
+/// and one adopted from pins (after a control-plane restart) look the same
+/// to the daemon. With [`Datapath::persist`], maps, the `wan_rx` program and
+/// every XDP link are pinned in a directory of a BPF file system: they
+/// outlive this process, and the tunnel keeps forwarding while no daemon
+/// runs.
 pub struct Datapath {
-    ebpf: Ebpf,
+    /// The loaded object (None when adopted from pins).
+    ebpf: Option<Ebpf>,
+    maps: std::collections::HashMap<String, aya::maps::Map>,
+    /// Programs reopened from pins, by name.
+    adopted: std::collections::HashMap<&'static str, Xdp>,
     attached: Vec<(String, AttachMode)>,
+    /// Where maps, programs and links are pinned, if they are.
+    pins: Option<std::path::PathBuf>,
 }
 
 impl Datapath {
@@ -164,10 +179,18 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
+        let names: Vec<String> = ebpf.maps().map(|(n, _)| n.to_owned()).collect();
+        let maps = names
+            .into_iter()
+            .filter_map(|n| ebpf.take_map(&n).map(|m| (n, m)))
+            .collect();
         let mut dp = Self {
-            ebpf,
+            ebpf: Some(ebpf),
+            maps,
+            adopted: Default::default(),
             attached: Vec::new(),
+            pins: None,
         };
         {
             let mut config: Array<_, DatapathConfig> =
@@ -187,19 +210,126 @@ impl Datapath {
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
-        self.ebpf.map_mut(name).ok_or(DatapathError::Missing(name))
+        self.maps.get_mut(name).ok_or(DatapathError::Missing(name))
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
-        self.ebpf.map(name).ok_or(DatapathError::Missing(name))
+        self.maps.get(name).ok_or(DatapathError::Missing(name))
     }
 
     fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
+        if let Some(p) = self.adopted.get_mut(name) {
+            return Ok(p);
+        }
         let prog = self
             .ebpf
-            .program_mut(name)
+            .as_mut()
+            .and_then(|e| e.program_mut(name))
             .ok_or(DatapathError::Missing(name))?;
         prog.try_into().map_err(prog_err(name))
+    }
+
+    /// Pins every map and the `wan_rx` program in `dir` (a directory on a
+    /// BPF file system, created here), and every XDP link attached from now
+    /// on. Call before attaching.
+    pub fn persist(&mut self, dir: &std::path::Path) -> Result<(), DatapathError> {
+        let pin_err =
+            |what: String| move |e: aya::pin::PinError| DatapathError::Pin(format!("{what}: {e}"));
+        // Only called for a data path loaded afresh: whatever is pinned there
+        // belongs to an interface that no longer exists.
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DatapathError::Pin(format!("creating {}: {e}", dir.display())))?;
+        let mut r = Ok(());
+        for (name, map) in &self.maps {
+            // .rodata/.bss: the loader's own data sections, frozen and
+            // reachable through the programs; nothing to adopt there.
+            if name.starts_with('.') {
+                continue;
+            }
+            r = map
+                .pin(dir.join(format!("map_{name}")))
+                .map_err(pin_err(format!("map {name}")));
+            if r.is_err() {
+                break;
+            }
+        }
+        if r.is_ok() {
+            r = self.xdp(WAN_RX).and_then(|p| {
+                p.pin(dir.join(format!("prog_{WAN_RX}")))
+                    .map_err(pin_err(WAN_RX.to_owned()))
+            });
+        }
+        if r.is_err() {
+            // Half a pin set would be adopted wrongly later.
+            let _ = std::fs::remove_dir_all(dir);
+            return r;
+        }
+        self.pins = Some(dir.to_owned());
+        Ok(())
+    }
+
+    /// Reopens a data path pinned by an earlier [`Datapath::persist`]: its
+    /// maps, its `wan_rx` program and the interfaces its links hold.
+    pub fn adopt(dir: &std::path::Path) -> Result<Self, DatapathError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| DatapathError::Pin(format!("reading {}: {e}", dir.display())))?;
+        let mut dp = Self {
+            ebpf: None,
+            maps: Default::default(),
+            adopted: Default::default(),
+            attached: Vec::new(),
+            pins: Some(dir.to_owned()),
+        };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_prefix("map_") {
+                let data = MapData::from_pin(e.path()).map_err(|source| DatapathError::Map {
+                    map: "pinned map",
+                    source: source.into(),
+                })?;
+                let map =
+                    aya::maps::Map::from_map_data(data).map_err(|source| DatapathError::Map {
+                        map: "pinned map",
+                        source: source.into(),
+                    })?;
+                dp.maps.insert(name.to_owned(), map);
+            } else if file == format!("prog_{WAN_RX}") {
+                let p = Xdp::from_pin(e.path(), aya_obj::programs::XdpAttachType::Interface)
+                    .map_err(prog_err(WAN_RX))?;
+                dp.adopted.insert(WAN_RX, p);
+            } else if let Some(rest) = file.strip_prefix("link_") {
+                // link_<mode>_<ifname>
+                if let Some((mode, ifname)) = rest.split_once('_') {
+                    let mode = if mode == "generic" {
+                        AttachMode::Generic
+                    } else {
+                        AttachMode::Native
+                    };
+                    dp.attached.push((ifname.to_owned(), mode));
+                }
+            }
+        }
+        if !dp.maps.contains_key("SESSIONS") {
+            return Err(DatapathError::Pin(format!(
+                "{} holds no pinned data path",
+                dir.display()
+            )));
+        }
+        Ok(dp)
+    }
+
+    /// Removes the pins: the links detach and the maps are freed once this
+    /// process lets go of them (on `down`).
+    pub fn unpin(&self) {
+        if let Some(dir) = &self.pins {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Where the data path is pinned, if it is.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_deref()
     }
 
     fn attach(
@@ -209,21 +339,22 @@ impl Datapath {
         policy: ModePolicy,
     ) -> Result<AttachMode, DatapathError> {
         let xdp = self.xdp(prog)?;
-        let mode = match policy {
-            ModePolicy::Native => xdp
-                .attach(ifname, XdpMode::Driver)
-                .map(|_| AttachMode::Native)
-                .map_err(prog_err(prog))?,
-            ModePolicy::Generic => xdp
-                .attach(ifname, XdpMode::Skb)
-                .map(|_| AttachMode::Generic)
-                .map_err(prog_err(prog))?,
+        let (mode, link_id) = match policy {
+            ModePolicy::Native => (
+                AttachMode::Native,
+                xdp.attach(ifname, XdpMode::Driver)
+                    .map_err(prog_err(prog))?,
+            ),
+            ModePolicy::Generic => (
+                AttachMode::Generic,
+                xdp.attach(ifname, XdpMode::Skb).map_err(prog_err(prog))?,
+            ),
             ModePolicy::Auto => match xdp.attach(ifname, XdpMode::Driver) {
-                Ok(_) => AttachMode::Native,
+                Ok(id) => (AttachMode::Native, id),
                 Err(native) => match xdp.attach(ifname, XdpMode::Skb) {
-                    Ok(_) => {
+                    Ok(id) => {
                         tracing::warn!(interface = ifname, program = prog, error = %native, "native XDP refused; using generic XDP (slower)");
-                        AttachMode::Generic
+                        (AttachMode::Generic, id)
                     }
                     Err(generic) => {
                         return Err(DatapathError::Attach {
@@ -235,6 +366,19 @@ impl Datapath {
                 },
             },
         };
+        if let Some(dir) = self.pins.clone() {
+            // The link outlives this process through its pin.
+            let link = self.xdp(prog)?.take_link(link_id).map_err(prog_err(prog))?;
+            let link: aya::programs::links::FdLink =
+                link.try_into()
+                    .map_err(|e: aya::programs::links::LinkError| {
+                        DatapathError::Pin(format!("link of {prog} on {ifname}: {e}"))
+                    })?;
+            link.pin(dir.join(format!("link_{mode}_{ifname}")))
+                .map_err(|e| {
+                    DatapathError::Pin(format!("pinning the link of {prog} on {ifname}: {e}"))
+                })?;
+        }
         tracing::info!(interface = ifname, program = prog, mode = %mode, "XDP program attached");
         self.attached.push((ifname.to_owned(), mode));
         Ok(mode)
@@ -411,6 +555,28 @@ impl Datapath {
         }
     }
 
+    /// The peer whose AllowedIPs cover `addr` (longest prefix match, as the
+    /// data path looks it up), if any. One map lookup syscall.
+    pub fn lookup_allowed(&self, addr: IpAddr) -> Result<Option<u32>, DatapathError> {
+        let r = match addr {
+            IpAddr::V4(a) => {
+                let t: LpmTrie<_, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map("ALLOWED_V4")?).map_err(map_err("ALLOWED_V4"))?;
+                t.get(&Key::new(32, a.octets()), 0)
+            }
+            IpAddr::V6(a) => {
+                let t: LpmTrie<_, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map("ALLOWED_V6")?).map_err(map_err("ALLOWED_V6"))?;
+                t.get(&Key::new(128, a.octets()), 0)
+            }
+        };
+        match r {
+            Ok(id) => Ok(Some(id)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("ALLOWED")(e)),
+        }
+    }
+
     /// Installs (or replaces) the session for local receiver index `index`.
     pub fn install_session(&mut self, index: u32, s: &Session) -> Result<(), DatapathError> {
         let mut m: HashMap<_, u32, Session> =
@@ -428,6 +594,18 @@ impl Datapath {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err("SESSIONS")(e)),
         }
+    }
+
+    /// Every session in the data path.
+    pub fn sessions(&self) -> Result<Vec<(u32, Session)>, DatapathError> {
+        let m: HashMap<_, u32, Session> =
+            HashMap::try_from(self.map("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+        let mut out = Vec::new();
+        for item in m.iter() {
+            let (k, v) = item.map_err(map_err("SESSIONS"))?;
+            out.push((k, v));
+        }
+        Ok(out)
     }
 
     /// Removes a session; absent is fine.
@@ -463,8 +641,8 @@ impl Datapath {
     /// Takes the event ring buffer (once) for the control plane's loop.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
         let map = self
-            .ebpf
-            .take_map("EVENTS")
+            .maps
+            .remove("EVENTS")
             .ok_or(DatapathError::Missing("EVENTS"))?;
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
     }

@@ -6,6 +6,7 @@
 //! holds no protocol logic.
 
 pub mod allowed_ips;
+pub mod bench;
 pub mod config;
 pub mod cookie;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod link;
 pub mod metrics;
 pub mod noise;
+pub mod persist;
 pub mod session;
 pub mod timers;
 pub mod uapi;

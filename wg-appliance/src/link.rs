@@ -169,6 +169,25 @@ async fn configure(
     })
 }
 
+/// The pair as it already exists (a restarted daemon adopting it).
+pub fn existing(ifname: &str) -> Result<TunnelLink, LinkError> {
+    let peer = peer_name(ifname);
+    let index = ifindex(ifname).ok_or_else(|| LinkError::NotFound(ifname.to_owned()))?;
+    let peer_index = ifindex(&peer).ok_or_else(|| LinkError::NotFound(peer.clone()))?;
+    let mtu = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1420);
+    Ok(TunnelLink {
+        name: ifname.to_owned(),
+        index,
+        mac: mac_of(ifname)?,
+        peer_name: peer,
+        peer_index,
+        mtu,
+    })
+}
+
 /// Deletes `ifname` (and with it its veth peer). Absent is fine.
 pub async fn delete(handle: &Handle, ifname: &str) -> Result<(), LinkError> {
     let Some(index) = ifindex(ifname) else {
@@ -184,9 +203,28 @@ pub async fn add_address(
     addr: IpAddr,
     prefix: u8,
 ) -> Result<(), LinkError> {
+    match handle.address().add(index, addr, prefix).execute().await {
+        Ok(()) => Ok(()),
+        // Already there (an adopted interface keeps its addresses).
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(nl(e)),
+    }
+}
+
+/// Makes the kernel resolve the neighbour (ARP/NDP) `addr` on `index`, as
+/// `ip neigh replace <addr> dev <if> use` does (NTF_USE: "treat as used",
+/// which starts resolution of an entry that is missing or stale). The data
+/// path needs valid entries for `bpf_fib_lookup` to give it MACs, and its
+/// own traffic never makes the kernel resolve one. The entry, if created, is
+/// an ordinary one (not permanent: it ages and is collected as usual).
+pub async fn resolve_neighbour(handle: &Handle, index: u32, addr: IpAddr) -> Result<(), LinkError> {
+    use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
     handle
-        .address()
-        .add(index, addr, prefix)
+        .neighbours()
+        .add(index, addr)
+        .state(NeighbourState::None)
+        .flags(NeighbourFlags::Use)
+        .replace()
         .execute()
         .await
         .map_err(nl)

@@ -128,6 +128,10 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         interval: u64,
     },
+    /// A/B benchmark: wg-appliance (per-peer and per-packet steering)
+    /// against wireguard-go and boringtun-cli pairs in namespaces, with
+    /// iperf3; writes a table, JSON and an SVG chart.
+    Bench(wg_appliance::bench::BenchArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -225,6 +229,7 @@ fn run_command(cmd: Command) -> anyhow::Result<()> {
             init_logging();
             classify(&interface, port, mode.into(), seconds, interval)
         }
+        Command::Bench(args) => wg_appliance::bench::run(&args).map(|_| ()),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -400,6 +405,12 @@ impl Plan {
             per_packet: a.per_packet || app.steering == Steering::PerPacket,
             cpus,
             mss,
+            // Test hook only (the rekey test of the hitless restart); never
+            // set in production.
+            rekey_after_time: std::env::var("WG_APPLIANCE_TEST_REKEY_AFTER_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs),
         };
         let metrics = match a.metrics.as_deref() {
             Some("off") => None,
@@ -465,7 +476,7 @@ impl Plan {
                     per_packet: opts.per_packet,
                     cpus: opts.cpus.clone(),
                     mss,
-                    rekey_after_time: None,
+                    rekey_after_time: opts.rekey_after_time,
                 })
             }
         };
@@ -497,6 +508,11 @@ fn hooks(ifname: &str, cmds: &[String], what: &str) -> anyhow::Result<()> {
 }
 
 fn run_daemon(plan: Plan, ready: Option<std::fs::File>) -> anyhow::Result<()> {
+    // Still single-threaded: pins must live in the host's mount namespace to
+    // outlive this process (see wg_appliance::persist).
+    if wg_appliance::persist::enter_host_mount_ns() {
+        tracing::debug!("moved to PID 1's mount namespace so the BPF pins outlive the daemon");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

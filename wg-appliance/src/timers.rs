@@ -358,6 +358,36 @@ impl<K: SendCounter> PeerTimers<K> {
         out.extend(evicted.into_iter().map(|s| Action::Retire(s.local_index)));
     }
 
+    /// After a control-plane restart: a keypair the data path still holds,
+    /// derived at `birth` (same clock as `now`), goes back into the `current`
+    /// slot (or `previous`), so the rekey and expiry rules run on its real
+    /// age. Returns what it pushed out of that slot, to retire.
+    pub fn restore(
+        &mut self,
+        keypair: K,
+        local_index: u32,
+        initiator: bool,
+        birth: Duration,
+        current: bool,
+    ) -> Vec<Action> {
+        let slot = Slot {
+            keypair,
+            local_index,
+            initiator,
+            birth,
+        };
+        let mut out = Vec::new();
+        let old = if current {
+            self.last_handshake_completed = Some(birth);
+            self.session_derived(birth);
+            self.keypairs.current.replace(slot)
+        } else {
+            self.keypairs.previous.replace(slot)
+        };
+        Self::retire(old.into_iter().collect(), &mut out);
+        out
+    }
+
     /// Feed one event; returns the actions to take now.
     pub fn handle(&mut self, now: Duration, event: Event<K>) -> Vec<Action> {
         let mut out = Vec::new();

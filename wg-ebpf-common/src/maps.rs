@@ -70,6 +70,9 @@ pub const SESSION_CAN_RECV: u32 = 2;
 /// confirms it, and the data path then makes it the peer's sending session
 /// (WireGuard's "next" keypair becoming "current").
 pub const SESSION_CONFIRM_ON_RX: u32 = 4;
+/// We initiated the handshake of this session (the control plane needs it
+/// back after a restart: only the initiator rekeys on time).
+pub const SESSION_INITIATOR: u32 = 8;
 
 /// Per-peer state the data path reads and writes. Index: peer id.
 #[repr(C)]
@@ -172,6 +175,42 @@ impl Default for TunnelConfig {
 pub const EVENT_NO_SESSION: u32 = 1;
 pub const EVENT_ENDPOINT_CHANGED: u32 = 2;
 pub const EVENT_REKEY_WANTED: u32 = 3;
+/// `crypt_tx` found no neighbour entry (ARP/NDP) for the next hop towards a
+/// peer's endpoint (`bpf_fib_lookup` says NO_NEIGH): the record is a
+/// [`NeighMissing`]. XDP cannot resolve it, and nothing else makes the
+/// kernel do so when all traffic to that address is XDP's (a peer that
+/// roamed to a new address, for one); the control plane asks the kernel to
+/// (RTM_NEWNEIGH with NTF_USE). Packets are dropped (`DropNoRoute`) until
+/// the entry is valid. At most one such event per CPU per
+/// [`NEIGH_MISSING_INTERVAL_NS`].
+pub const EVENT_NEIGH_MISSING: u32 = 4;
+pub const NEIGH_MISSING_INTERVAL_NS: u64 = 50_000_000;
+
+/// The record of an [`EVENT_NEIGH_MISSING`] event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighMissing {
+    pub hdr: EventHeader,
+    /// Interface the next hop is on (the FIB's egress device).
+    pub ifindex: u32,
+    /// 4 or 6.
+    pub family: u32,
+    /// The next hop: the endpoint itself, or the gateway towards it. IPv4
+    /// in the first 4 bytes. Network byte order.
+    pub addr: [u8; 16],
+}
+
+impl NeighMissing {
+    /// The next hop as an address, if the family is known.
+    pub fn next_hop(&self) -> Option<core::net::IpAddr> {
+        let a = self.addr;
+        match self.family {
+            4 => Some(core::net::IpAddr::from([a[0], a[1], a[2], a[3]])),
+            6 => Some(core::net::IpAddr::from(a)),
+            _ => None,
+        }
+    }
+}
 
 /// Header of every event; `EVENT_NO_SESSION` is followed in the same record
 /// by `len` bytes of the inner IP packet that had no session (staged by the

@@ -20,8 +20,9 @@ use aya_ebpf::{
 };
 use wg_ebpf_common::{
     maps::{
-        Peer, PeerStats, Session, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, SESSION_CAN_RECV,
-        SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
+        NeighMissing, Peer, PeerStats, Session, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED,
+        EVENT_NEIGH_MISSING, NEIGH_MISSING_INTERVAL_NS, SESSION_CAN_RECV, SESSION_CAN_SEND,
+        SESSION_CONFIRM_ON_RX,
     },
     replay,
     wire::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, VLAN_HLEN},
@@ -33,12 +34,14 @@ use crate::{
     count, inner, load,
     maps::{CONFIG, EVENTS, PEERS, PEER_STATS, SESSIONS, TUNNEL, TX_PORTS},
     read_be16, store,
-    tunnel::{reject_after_ns, sendable_session},
+    tunnel::{reject_after_ns, sendable_index},
     DROP,
 };
 
 /// BPF_FIB_LOOKUP_SRC (Linux 6.7): also return the source address to use.
 const BPF_FIB_LOOKUP_SRC: u32 = 1 << 4;
+/// bpf_fib_lookup: route found, no valid neighbour entry for the next hop.
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -353,6 +356,12 @@ fn roam(ctx: &XdpContext, peer_id: u32, o: &Outer) {
 /// see `RxPlan`).
 struct TxPlan {
     peer_id: u32,
+    /// Local index of the session the counter was reserved in: the seal
+    /// and the header must use that same session. Re-reading the peer's
+    /// `current_index` instead raced with a rekey switching it (key of one
+    /// session, receiver index of the other: the peer's tag check failed;
+    /// or a counter of one session used with the other's key).
+    index: u32,
     counter: u64,
     padded: usize,
     hdr_len: usize,
@@ -364,15 +373,15 @@ struct TxPlan {
 fn try_crypt_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
     let mut plan = TxPlan {
         peer_id: 0,
+        index: 0,
         counter: 0,
         padded: 0,
         hdr_len: 0,
         keepalive: false,
     };
     unpack(tx_prepare(ctx, &mut plan))?;
-    let pp = PEERS.get(plan.peer_id).ok_or(Counter::DropNoPeer)?;
     let sp = SESSIONS
-        .get_ptr_mut(&pp.current_index)
+        .get_ptr_mut(&plan.index)
         .ok_or(Counter::DropSessionExpired)?;
     // SAFETY: a live map value.
     let key = unsafe { &(*sp).send_key };
@@ -408,7 +417,10 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     if peer.endpoint_family == 0 {
         return Err(Counter::DropNoEndpoint);
     }
-    let sp = sendable_session(cfg, peer).ok_or(Counter::DropSessionExpired)?;
+    // One read of the index: the control plane may switch it any time.
+    // SAFETY: an aligned u32 inside a live map value.
+    let index = unsafe { core::ptr::read_volatile(&peer.current_index) };
+    let sp = sendable_index(cfg, index).ok_or(Counter::DropSessionExpired)?;
     // SAFETY: a live map value; the counter is reserved atomically.
     let counter = unsafe { wg_ebpf_common::atomic::fetch_add_u64(&mut (*sp).send_counter, 1) };
     if counter >= REJECT_AFTER_MESSAGES {
@@ -452,6 +464,7 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     }
     *plan = TxPlan {
         peer_id,
+        index,
         counter,
         padded,
         hdr_len,
@@ -475,7 +488,7 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
     // one packet to a stale endpoint at worst.
     let peer: Peer = *pp;
     // SAFETY: read-only lookup of a map value.
-    let sp = unsafe { SESSIONS.get(&peer.current_index) }.ok_or(Counter::DropSessionExpired)?;
+    let sp = unsafe { SESSIONS.get(&plan.index) }.ok_or(Counter::DropSessionExpired)?;
     let remote_index = sp.remote_index;
     let (padded, hdr_len, counter, keepalive) =
         (plan.padded, plan.hdr_len, plan.counter, plan.keepalive);
@@ -515,6 +528,20 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
         )
     };
     if rc != 0 {
+        if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+            // The FIB filled in the egress device and the next hop.
+            // SAFETY: plain unions of plain data.
+            let hop = unsafe {
+                if v6 {
+                    from_words(&fib.__bindgen_anon_4.ipv6_dst)
+                } else {
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&fib.__bindgen_anon_4.ipv4_dst.to_ne_bytes());
+                    a
+                }
+            };
+            neigh_missing(peer_id, fib.ifindex, v6, &hop);
+        }
         return Err(Counter::DropNoRoute);
     }
     let mut src = [0u8; 16];
@@ -572,8 +599,13 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
         if c > 0xffff {
             return Err(Counter::DropInternal);
         }
+        // bpf_csum_diff sums the bytes as they lie in memory, in host-order
+        // 16-bit words (csum_partial): the result's host-order bytes are the
+        // checksum as it goes on the wire. Storing it big-endian swapped it
+        // on little-endian hosts and receivers dropped every datagram
+        // (Udp6InCsumErrors; found by tests/tests/tunnel_traffic.rs).
         let c = c as u16;
-        store(ctx, l4 + 6, &c.to_be_bytes()).map_err(|_| Counter::DropInternal)?;
+        store(ctx, l4 + 6, &c.to_ne_bytes()).map_err(|_| Counter::DropInternal)?;
     }
 
     if let Some(st) = stats(peer_id) {
@@ -595,6 +627,36 @@ fn tx_finish_inner(ctx: &XdpContext, plan: &TxPlan) -> Result<(Counter, u32), Co
         Ok(v) => Ok((c, v)),
         Err(_) => Err(Counter::DropNoRoute),
     }
+}
+
+/// Asks the control plane to have the kernel resolve `hop` on `ifindex`
+/// (see `EVENT_NEIGH_MISSING`), at most once per CPU per interval.
+#[inline(always)]
+fn neigh_missing(peer_id: u32, ifindex: u32, v6: bool, hop: &[u8; 16]) {
+    let Some(last) = crate::maps::NEIGH_RL.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: helper without preconditions; per-CPU value, no concurrent
+    // writer on this CPU.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        if now.wrapping_sub(*last) < NEIGH_MISSING_INTERVAL_NS && *last != 0 {
+            return;
+        }
+        *last = now;
+    }
+    let ev = NeighMissing {
+        hdr: wg_ebpf_common::maps::EventHeader {
+            kind: EVENT_NEIGH_MISSING,
+            peer_id,
+            len: 0,
+            _pad: 0,
+        },
+        ifindex,
+        family: if v6 { 6 } else { 4 },
+        addr: *hop,
+    };
+    let _ = EVENTS.output::<NeighMissing>(&ev, 0);
 }
 
 #[inline(always)]

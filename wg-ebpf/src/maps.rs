@@ -81,3 +81,7 @@ pub static CSUM_SCRATCH: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(
 #[map]
 pub static AEAD_SCRATCH: PerCpuArray<wg_ebpf_common::aead::AeadScratch> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// When this CPU last reported a missing neighbour (`EVENT_NEIGH_MISSING`).
+#[map]
+pub static NEIGH_RL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

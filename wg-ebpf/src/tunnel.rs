@@ -60,10 +60,16 @@ pub fn reject_after_ns(cfg: &TunnelConfig) -> u64 {
 /// The session `peer` sends with, if it may send now.
 #[inline(always)]
 pub fn sendable_session(cfg: &TunnelConfig, peer: &Peer) -> Option<*mut Session> {
-    if peer.current_index == 0 {
+    sendable_index(cfg, peer.current_index)
+}
+
+/// The session with local index `index`, if it may send now.
+#[inline(always)]
+pub fn sendable_index(cfg: &TunnelConfig, index: u32) -> Option<*mut Session> {
+    if index == 0 {
         return None;
     }
-    let s = SESSIONS.get_ptr_mut(&peer.current_index)?;
+    let s = SESSIONS.get_ptr_mut(&index)?;
     // SAFETY: a live map value.
     let sr = unsafe { &*s };
     if sr.flags & SESSION_CAN_SEND == 0 || sr.send_counter >= REJECT_AFTER_MESSAGES {

@@ -513,3 +513,31 @@ fn persistent_keepalive_after_any_traffic() {
     );
     assert!(p.tick(T0 + s(200)).is_empty());
 }
+
+#[test]
+fn restored_keypair_rekeys_on_its_real_age() {
+    let mut t: PeerTimers<Fake> = PeerTimers::new(TimerConfig::default());
+    let birth = Duration::from_secs(1000);
+    // Restored 119 s after its birth: sending does not rekey yet...
+    assert!(t.restore(Fake::default(), 7, true, birth, true).is_empty());
+    let now = birth + REKEY_AFTER_TIME - Duration::from_secs(1);
+    let a = t.handle(
+        now,
+        Event::TransportSent {
+            keepalive: false,
+            jitter: Duration::ZERO,
+        },
+    );
+    assert!(!a.contains(&Action::SendHandshakeInitiation), "{a:?}");
+    // ...at REKEY_AFTER_TIME it does, as for a keypair derived here.
+    let now = birth + REKEY_AFTER_TIME;
+    let a = t.handle(
+        now,
+        Event::TransportSent {
+            keepalive: false,
+            jitter: Duration::ZERO,
+        },
+    );
+    assert!(a.contains(&Action::SendHandshakeInitiation), "{a:?}");
+    assert_eq!(t.keypairs.current().map(|s| s.local_index), Some(7));
+}
