@@ -344,3 +344,35 @@ fn unconfigured_port_passes_everything() {
     let c = dp.counters().expect("counters");
     assert_eq!(c.get(PassNotWireguard), c.get(RxPackets));
 }
+
+#[test]
+fn handshakes_are_rate_limited_per_source() {
+    if let Some(why) = netns_unavailable() {
+        skip("handshakes_are_rate_limited_per_source", &why);
+        return;
+    }
+    let mut dp = Datapath::load(PORT).expect("load");
+    dp.set_handshake_rate(5).expect("rate");
+    let fd = dp.wan_rx_fd().expect("fd");
+    let init = v4(wg_message(1, [0; 3], 148)).build();
+    let verdicts: Vec<u32> = (0..8)
+        .map(|_| run_xdp(fd, &init, 1).expect("run").verdict)
+        .collect();
+    assert_eq!(
+        verdicts,
+        [PASS, PASS, PASS, PASS, PASS, DROP, DROP, DROP],
+        "5 per second from one source"
+    );
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.get(DropHandshakeRateLimited), 3);
+    assert_eq!(c.get(PassHandshakeInitiation), 5);
+    // Another source is not affected; transport data is not limited.
+    let mut other = init.clone();
+    other[14 + 12] = 10;
+    other[14 + 15] = 77;
+    assert_eq!(run_xdp(fd, &other, 1).expect("run").verdict, PASS);
+    let data = v4(wg_message(4, [0; 3], 64)).build();
+    for _ in 0..10 {
+        assert_eq!(run_xdp(fd, &data, 1).expect("run").verdict, PASS);
+    }
+}

@@ -98,6 +98,9 @@ pub struct InterfaceOptions {
     pub mss: Option<u16>,
     /// Test hook: shorter REKEY_AFTER_TIME. Never set in production.
     pub rekey_after_time: Option<Duration>,
+    /// Handshake messages per second per source let through by XDP
+    /// (None: the built-in default).
+    pub handshake_rate: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +230,9 @@ pub struct Daemon {
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
     hs_stats: HandshakeStats,
+    /// Handshakes the XDP limiter had dropped at the last look.
+    hs_limited_seen: u64,
+    ticks: u64,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,
 }
@@ -263,6 +269,7 @@ impl Daemon {
             cpus: spec.cpus.clone(),
             mss: spec.mss,
             rekey_after_time: spec.rekey_after_time,
+            handshake_rate: None,
         };
         let endpoints: Vec<SocketAddr> = spec.peers.iter().filter_map(|p| p.endpoint).collect();
         let mut d = Self::start_empty(opts, spec.listen_port, &endpoints).await?;
@@ -372,6 +379,8 @@ impl Daemon {
             wan,
             tunnel_mode,
             hs_stats: HandshakeStats::default(),
+            hs_limited_seen: 0,
+            ticks: 0,
             cmd_tx,
             cmd_rx,
         };
@@ -483,6 +492,9 @@ impl Daemon {
             .map_err(io("reading the bound port"))?
             .port();
         let mut dp = Datapath::load(listen_port)?;
+        if let Some(rate) = opts.handshake_rate {
+            dp.set_handshake_rate(rate)?;
+        }
         // Pin before attaching, so the links are pinned too.
         let state_path = match crate::persist::pin_dir(&opts.ifname)
             .and_then(|dir| dp.persist(&dir).map_err(|e| e.to_string()))
@@ -539,6 +551,8 @@ impl Daemon {
             wan: Vec::new(),
             tunnel_mode,
             hs_stats: HandshakeStats::default(),
+            hs_limited_seen: 0,
+            ticks: 0,
             cmd_tx,
             cmd_rx,
         };
@@ -1224,10 +1238,19 @@ impl Daemon {
     /// mac1/mac2 and the cookie decision. Replies with a cookie when under
     /// load.
     async fn admit(&mut self, msg: &[u8], src: SocketAddr, now: Duration) -> bool {
+        // The XDP limiter dropping handshakes means someone floods us: answer
+        // with cookies (mac2) until it stops, as the protocol prescribes.
+        let limited = self
+            .dp
+            .counters()
+            .map(|c| c.get(wg_ebpf_common::Counter::DropHandshakeRateLimited))
+            .unwrap_or(0);
+        let rate_limited = limited > self.hs_limited_seen;
+        self.hs_limited_seen = limited;
         let signal = LoadSignal {
             queued_handshakes: 0,
             threshold: 512,
-            rate_limited: false,
+            rate_limited,
         };
         let under_load = self.load.under_load(signal, now);
         let Some(checker) = self.checker.as_mut() else {
@@ -1359,6 +1382,16 @@ impl Daemon {
 
     async fn on_tick(&mut self) {
         let now = self.now();
+        // Routes change under us (a new uplink, a moved default route):
+        // every 5 s, attach wan_rx wherever traffic to the peers now leaves.
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.opts.wan.is_empty() && self.ticks.is_multiple_of(50) {
+            let endpoints: Vec<SocketAddr> =
+                self.peers.values().filter_map(|p| p.endpoint).collect();
+            if let Err(e) = self.attach_wans(&endpoints).await {
+                tracing::warn!(error = %e, "re-evaluating WAN interfaces failed");
+            }
+        }
         let ids: Vec<u32> = self.peers.keys().copied().collect();
         for id in ids {
             let Ok(stats) = self.dp.peer_stats(id) else {

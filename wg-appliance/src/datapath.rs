@@ -480,12 +480,20 @@ impl Datapath {
 
     /// Changes the UDP port the classifier treats as WireGuard's.
     pub fn set_listen_port(&mut self, listen_port: u16) -> Result<(), DatapathError> {
+        self.update_config(|c| c.listen_port = listen_port)
+    }
+
+    /// Handshake messages per second accepted from one source address in
+    /// XDP (0: the built-in default).
+    pub fn set_handshake_rate(&mut self, per_second: u32) -> Result<(), DatapathError> {
+        self.update_config(|c| c.hs_rate = per_second)
+    }
+
+    fn update_config(&mut self, f: impl FnOnce(&mut DatapathConfig)) -> Result<(), DatapathError> {
         let mut config: Array<_, DatapathConfig> =
             Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        let value = DatapathConfig {
-            listen_port,
-            ..Default::default()
-        };
+        let mut value = config.get(&CONFIG_KEY, 0).map_err(map_err("CONFIG"))?;
+        f(&mut value);
         config.set(CONFIG_KEY, value, 0).map_err(map_err("CONFIG"))
     }
 

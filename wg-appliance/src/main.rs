@@ -407,6 +407,7 @@ impl Plan {
             mss,
             // Test hook only (the rekey test of the hitless restart); never
             // set in production.
+            handshake_rate: app.handshake_rate,
             rekey_after_time: std::env::var("WG_APPLIANCE_TEST_REKEY_AFTER_SECS")
                 .ok()
                 .and_then(|s| s.parse().ok())

@@ -57,8 +57,16 @@ pub struct DatapathConfig {
     /// UDP port the appliance listens on, host byte order. 0 means "not
     /// configured": the classifier then passes everything untouched.
     pub listen_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// Handshake messages per second accepted from one source address
+    /// (0: [`DEFAULT_HS_RATE`]).
+    pub hs_rate: u32,
 }
+
+/// Handshake messages per second and source the XDP limiter lets through by
+/// default: far above what a well-behaved peer sends (one initiation per
+/// REKEY_TIMEOUT), low enough that a flood from one address stays cheap.
+pub const DEFAULT_HS_RATE: u32 = 20;
 
 /// What `wan_rx` counts. Every verdict the program returns has a counter here;
 /// every drop has a reason. The `STATS` per-CPU array is indexed by this enum.

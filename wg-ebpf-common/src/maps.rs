@@ -26,6 +26,9 @@ pub const MAX_ALLOWED_PREFIXES: u32 = 65_536;
 pub const MAX_CPUS: u32 = 128;
 pub const MAX_WAN_PORTS: u32 = 64;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Sources tracked by the handshake rate limiter (LRU): 64 Ki addresses,
+/// 48 bytes each with overhead, ≈ 3 MiB.
+pub const MAX_HS_SOURCES: u32 = 65_536;
 
 /// Replay window as in the kernel driver: 8,192 bits of which the newest
 /// word is in flux, so 8,192 - 64 counters back are tracked exactly.

@@ -36,7 +36,7 @@ mod inner;
 mod maps;
 mod tunnel;
 
-use maps::{count, CONFIG, CPUS_RX, RR, SESSIONS, TUNNEL};
+use maps::{count, CONFIG, CPUS_RX, HS_LIMIT, RR, SESSIONS, TUNNEL};
 
 /// The one bounds-checked accessor: a pointer to `T` at `off`, or `Err` when
 /// the packet ends first.
@@ -169,9 +169,59 @@ fn try_wan_rx(ctx: &XdpContext) -> Result<(Counter, u32), ()> {
     let head = load::<4>(ctx, payload)?;
     match classify_framing(head, payload_len) {
         Framing::Valid(Counter::PassTransportData) => Ok(steer_rx(ctx, payload)),
-        Framing::Valid(c) => Ok((c, PASS)),
+        Framing::Valid(c) => {
+            if handshake_allowed(ctx, proto == ETH_P_IPV6, l3) {
+                Ok((c, PASS))
+            } else {
+                Ok((Counter::DropHandshakeRateLimited, DROP))
+            }
+        }
         Framing::Invalid(c) => Ok((c, DROP)),
     }
+}
+
+/// Per-source limit on handshake messages (initiations, responses, cookie
+/// replies), before any of them costs the control plane a Curve25519
+/// operation: at most `hs_rate` per second from one address (default
+/// `DEFAULT_HS_RATE`), counted in one-second windows in an LRU map, so a
+/// flood from many addresses evicts old entries instead of failing.
+#[inline(always)]
+fn handshake_allowed(ctx: &XdpContext, v6: bool, l3: usize) -> bool {
+    let rate = match CONFIG.get(CONFIG_KEY) {
+        Some(c) if c.hs_rate != 0 => c.hs_rate as u64,
+        _ => wg_ebpf_common::DEFAULT_HS_RATE as u64,
+    };
+    let mut key = [0u8; 16];
+    if v6 {
+        match load::<16>(ctx, l3 + 8) {
+            Ok(a) => key = a,
+            Err(()) => return false,
+        }
+    } else {
+        match load::<4>(ctx, l3 + 12) {
+            Ok(a) => key[..4].copy_from_slice(&a),
+            Err(()) => return false,
+        }
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if let Some(w) = HS_LIMIT.get_ptr_mut(&key) {
+        // SAFETY: a live map value; racing CPUs can only under-count a
+        // little, which a rate limit tolerates.
+        let w = unsafe { &mut *w };
+        if now.wrapping_sub(w[0]) >= 1_000_000_000 {
+            w[0] = now;
+            w[1] = 1;
+            return true;
+        }
+        if w[1] >= rate {
+            return false;
+        }
+        w[1] += 1;
+        return true;
+    }
+    let _ = HS_LIMIT.insert(&key, &[now, 1], 0);
+    true
 }
 
 /// Transport data: a known receiver index goes to a CPU for decryption; an

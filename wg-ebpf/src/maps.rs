@@ -3,7 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, CpuMap, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::LpmTrie, Array, CpuMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf,
+    },
 };
 use wg_ebpf_common::{
     maps::{
@@ -85,3 +87,9 @@ pub static AEAD_SCRATCH: PerCpuArray<wg_ebpf_common::aead::AeadScratch> =
 /// When this CPU last reported a missing neighbour (`EVENT_NEIGH_MISSING`).
 #[map]
 pub static NEIGH_RL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Handshake messages per source address: [window start (ns), count].
+/// LRU: a flood from many sources recycles entries instead of failing.
+#[map]
+pub static HS_LIMIT: LruHashMap<[u8; 16], [u64; 2]> =
+    LruHashMap::with_max_entries(wg_ebpf_common::maps::MAX_HS_SOURCES, 0);
