@@ -140,6 +140,9 @@ async fn configure(
         .set(
             LinkUnspec::new_with_index(index)
                 .arp(false)
+                // As a kernel WireGuard interface: no multicast (no IGMP/MLD
+                // reports into a tunnel with no peer for them).
+                .multicast(false)
                 .mtu(mtu as u32)
                 .up()
                 .build(),
