@@ -318,7 +318,13 @@ fn steering(per_packet: bool) -> Option<Vec<u64>> {
         "per_packet={per_packet}: {} B at {:.1} Mbit/s, {} retransmits",
         r.received, r.mbit_s, r.retransmits
     );
-    assert_eq!(r.received, 8 << 20);
+    // iperf3 3.12 can count one block past `-n`: at least is what is sure.
+    assert!(
+        r.received >= 8 << 20,
+        "received {} of {}",
+        r.received,
+        8 << 20
+    );
     let report = t.stop_gw().expect("stop");
     let per_cpu = report.per_cpu[&Counter::RxDelivered].clone();
     println!(
