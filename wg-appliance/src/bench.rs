@@ -337,6 +337,10 @@ pub struct Sample {
     /// wg-appliance only: data path counters that moved during the run,
     /// `<side>:<metric>{labels}` → delta (side `a` is the client's end).
     pub counters: BTreeMap<String, f64>,
+    /// The 1-minute load average right after the run. It includes the
+    /// bench's own load (iperf3, userspace daemons' threads); a figure far
+    /// above the other runs' points at other tenants of the machine.
+    pub loadavg_1m: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -467,6 +471,7 @@ fn failed(round: usize, variant: Variant, workload: Workload, e: &anyhow::Error)
         udp_sent: None,
         udp_lost: None,
         counters: BTreeMap::new(),
+        loadavg_1m: loadavg_1m(),
         error: Some(format!("{e:#}")),
     }
 }
@@ -546,6 +551,7 @@ fn run_variant(
                     udp_sent: m.udp_sent,
                     udp_lost: m.udp_lost,
                     counters,
+                    loadavg_1m: loadavg_1m(),
                     error: None,
                 }
             }
@@ -821,6 +827,10 @@ fn counter_delta(
             (d != 0.0).then(|| (k.clone(), d))
         })
         .collect()
+}
+
+fn loadavg_1m() -> Option<f64> {
+    report::loadavg().split_whitespace().next()?.parse().ok()
 }
 
 /// `tool` from PATH, else from the project's tools/bin (where `cargo xtask

@@ -243,7 +243,7 @@ fn steer_rx(ctx: &XdpContext, payload: usize) -> (Counter, u32) {
     let Some(session) = (unsafe { SESSIONS.get(&receiver) }) else {
         return (Counter::DropUnknownIndex, DROP);
     };
-    let cpu = steer_cpu(cfg, session.peer_id);
+    let cpu = steer_cpu(cfg, session.peer_id, false);
     match CPUS_RX.redirect(cpu, 0) {
         Ok(v) => (Counter::RxSteered, v),
         Err(_) => (Counter::DropInternal, DROP),
@@ -252,7 +252,11 @@ fn steer_rx(ctx: &XdpContext, payload: usize) -> (Counter, u32) {
 
 /// The CPU a packet of `peer_id` is processed on, per the steering policy.
 #[inline(always)]
-pub(crate) fn steer_cpu(cfg: &wg_ebpf_common::maps::TunnelConfig, peer_id: u32) -> u32 {
+///
+/// Per-peer steering puts a peer's receive direction on the CPU its id
+/// hashes to and its send direction on the next one: each direction keeps
+/// its order, and a busy tunnel decrypts and encrypts on two CPUs at once.
+pub(crate) fn steer_cpu(cfg: &wg_ebpf_common::maps::TunnelConfig, peer_id: u32, tx: bool) -> u32 {
     let n = cfg.ncpus;
     if n == 0 {
         return 0;
@@ -277,7 +281,14 @@ pub(crate) fn steer_cpu(cfg: &wg_ebpf_common::maps::TunnelConfig, peer_id: u32) 
     } else {
         // Multiplicative hash of the peer id, scaled into 0..n.
         let h = peer_id.wrapping_mul(0x9E37_79B9) as u64;
-        ((h * n as u64) >> 32) as u32
+        let rx = ((h * n as u64) >> 32) as u32;
+        if tx && rx + 1 < n {
+            rx + 1
+        } else if tx {
+            0
+        } else {
+            rx
+        }
     };
     if i >= MAX_CPUS {
         return 0;

@@ -122,7 +122,7 @@ fn try_tun_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
         }
         return stage(ctx, peer_id, avail - ETH_HLEN);
     }
-    let cpu = steer_cpu(cfg, peer_id);
+    let cpu = steer_cpu(cfg, peer_id, true);
     match CPUS_TX.redirect(cpu, 0) {
         Ok(v) => Ok((Counter::TxSteered, v)),
         Err(_) => Err(Counter::DropInternal),
