@@ -19,6 +19,8 @@ const MAX_CHUNKS: u64 = (MAX_PAYLOAD / CHUNK_LEN) as u64;
 #[repr(C)]
 struct LoopCtx {
     xdp: *mut xdp_md,
+    /// The per-CPU scratch, looked up once per packet rather than per chunk.
+    s: *mut AeadScratch,
     off: u64,
     /// Cleared by the callback on a failed helper.
     ok: u64,
@@ -44,12 +46,13 @@ unsafe fn chunk<const SEAL: bool>(i: u64, c: *mut c_void) -> i64 {
         c.ok = 0;
         return 1;
     }
-    let Some(s) = AEAD_SCRATCH.get_ptr_mut(0) else {
+    if c.s.is_null() {
         c.ok = 0;
         return 1;
-    };
-    // SAFETY: per-CPU value; XDP programs do not nest on a CPU.
-    let s = unsafe { &mut *s };
+    }
+    // SAFETY: the per-CPU value the caller looked up; XDP programs do not
+    // nest on a CPU.
+    let s = unsafe { &mut *c.s };
     let buf = s.buf.as_mut_ptr();
     let o = (c.off + i * CHUNK_LEN as u64) as u32;
     // SAFETY: buf holds 64 bytes; the helper checks the packet bounds.
@@ -122,6 +125,7 @@ fn crypt_inner<const SEAL: bool>(
     // time, for a 1,440-byte packet).
     let mut lc = LoopCtx {
         xdp: ctx.ctx,
+        s: s as *mut AeadScratch,
         off: off as u64,
         ok: 1,
     };
