@@ -33,8 +33,8 @@ use tokio::{
 use wg_ebpf_common::maps::{
     ControlFrame, EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession,
     CONTROL_MAGIC_KEEPALIVE, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION,
-    PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
-    SESSION_INITIATOR,
+    EVENT_REKEY_WANTED, PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_RECV, SESSION_CAN_SEND,
+    SESSION_CONFIRM_ON_RX, SESSION_INITIATOR,
 };
 
 use crate::{
@@ -127,15 +127,18 @@ pub enum DaemonError {
     TooManyPeers(u32),
 }
 
-/// What the timers know of a keypair: the data path owns the keys.
-#[derive(Debug)]
-struct BpfKeypair;
+/// What the timers know of a keypair: the data path owns the keys and the
+/// counter. It reports (EVENT_REKEY_WANTED) when a session's counter reaches
+/// REKEY_AFTER_MESSAGES; until then the count the timers see is 0, which is
+/// all the soft limit needs. The hard limit is enforced per packet in BPF.
+#[derive(Debug, Default)]
+struct BpfKeypair {
+    sent: u64,
+}
 
 impl SendCounter for BpfKeypair {
-    /// REKEY_AFTER_MESSAGES is 2^60; the data path enforces the hard limit
-    /// (REJECT_AFTER_MESSAGES) per packet, so the soft one is not tracked.
     fn messages_sent(&self) -> u64 {
-        0
+        self.sent
     }
 }
 
@@ -437,7 +440,7 @@ impl Daemon {
                 }
                 d.by_index.insert(index, id);
                 for a in st.timers.restore(
-                    BpfKeypair,
+                    BpfKeypair::default(),
                     index,
                     initiator,
                     birth,
@@ -1181,7 +1184,7 @@ impl Daemon {
         acts.extend(p.timers.handle(
             now,
             Event::HandshakeResponseSent {
-                keypair: BpfKeypair,
+                keypair: BpfKeypair::default(),
                 local_index,
             },
         ));
@@ -1228,7 +1231,7 @@ impl Daemon {
         let acts = p.timers.handle(
             now,
             Event::HandshakeResponseReceived {
-                keypair: BpfKeypair,
+                keypair: BpfKeypair::default(),
                 local_index,
             },
         );
@@ -1352,6 +1355,28 @@ impl Daemon {
                 }
                 p.staged.push_back(item[hdr_len..hdr_len + len].to_vec());
                 let acts = p.timers.handle(now, Event::WantToSend);
+                self.act(id, acts).await;
+            }
+            EVENT_REKEY_WANTED => {
+                // The current session's counter reached REKEY_AFTER_MESSAGES:
+                // let the timers see it, and the next send rekeys.
+                let now = self.now();
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                if let Some(cur) = p.timers.keypairs.current().map(|c| c.local_index) {
+                    if let Some(slot) = p.timers.keypairs.find_mut(cur) {
+                        slot.keypair.sent = wg_ebpf_common::REKEY_AFTER_MESSAGES + 1;
+                    }
+                }
+                tracing::info!(peer = %p.spec.public_key.short(), "session reached REKEY_AFTER_MESSAGES");
+                let acts = p.timers.handle(
+                    now,
+                    Event::TransportSent {
+                        keepalive: false,
+                        jitter: jitter(),
+                    },
+                );
                 self.act(id, acts).await;
             }
             EVENT_ENDPOINT_CHANGED => {

@@ -21,12 +21,13 @@ use aya_ebpf::{
 use wg_ebpf_common::{
     maps::{
         NeighMissing, Peer, PeerStats, Session, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED,
-        EVENT_NEIGH_MISSING, NEIGH_MISSING_INTERVAL_NS, SESSION_CAN_RECV, SESSION_CAN_SEND,
-        SESSION_CONFIRM_ON_RX,
+        EVENT_NEIGH_MISSING, EVENT_REKEY_WANTED, NEIGH_MISSING_INTERVAL_NS, SESSION_CAN_RECV,
+        SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX,
     },
     replay,
     wire::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, VLAN_HLEN},
-    Counter, AEAD_TAG_LEN, MSG_TRANSPORT_DATA, REJECT_AFTER_MESSAGES, TRANSPORT_HEADER_LEN,
+    Counter, AEAD_TAG_LEN, MSG_TRANSPORT_DATA, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES,
+    TRANSPORT_HEADER_LEN,
 };
 
 use crate::{
@@ -425,6 +426,19 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     let counter = unsafe { wg_ebpf_common::atomic::fetch_add_u64(&mut (*sp).send_counter, 1) };
     if counter >= REJECT_AFTER_MESSAGES {
         return Err(Counter::DropSessionExpired);
+    }
+    if counter == REKEY_AFTER_MESSAGES {
+        // Exactly one packet crosses the soft limit: tell the control plane,
+        // which owns rekeying.
+        let _ = EVENTS.output::<wg_ebpf_common::maps::EventHeader>(
+            &wg_ebpf_common::maps::EventHeader {
+                kind: EVENT_REKEY_WANTED,
+                peer_id,
+                len: 0,
+                _pad: 0,
+            },
+            0,
+        );
     }
 
     // Resize: [eth][inner][pad][tag] → then grow the head for the outer
