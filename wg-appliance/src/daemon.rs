@@ -204,6 +204,21 @@ pub struct Status {
     pub wan: Vec<(String, AttachMode)>,
 }
 
+/// What [`Daemon::assemble`] puts together.
+struct Parts {
+    dp: Datapath,
+    link: TunnelLink,
+    handle: rtnetlink::Handle,
+    opts: InterfaceOptions,
+    sock: UdpSocket,
+    listen_port: u16,
+    fwmark: u32,
+    inject: OwnedFd,
+    state_path: Option<std::path::PathBuf>,
+    wan: Vec<(String, AttachMode)>,
+    tunnel_mode: AttachMode,
+}
+
 /// Requests to the daemon's task from other tasks (UAPI, metrics).
 pub enum Command {
     Uapi(Request, oneshot::Sender<String>),
@@ -351,7 +366,6 @@ impl Daemon {
             .map_err(io("reading the bound port"))?
             .port();
         let inject = packet_socket(tlink.index)?;
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let mut tunnel_mode = AttachMode::Native;
         let mut wan = Vec::new();
         for (name, mode) in dp.attached() {
@@ -361,19 +375,11 @@ impl Daemon {
                 wan.push((name.clone(), *mode));
             }
         }
-        let rekey_after_time = opts.rekey_after_time;
-        let mut d = Daemon {
+        let mut d = Daemon::assemble(Parts {
             dp,
             link: tlink,
             handle,
             opts,
-            rekey_after_time,
-            private_key: None,
-            identity: None,
-            checker: None,
-            load: LoadDetector::new(),
-            peers: BTreeMap::new(),
-            by_index: HashMap::new(),
             sock,
             listen_port,
             fwmark: state.fwmark,
@@ -381,12 +387,7 @@ impl Daemon {
             state_path: Some(state_path),
             wan,
             tunnel_mode,
-            hs_stats: HandshakeStats::default(),
-            hs_limited_seen: 0,
-            ticks: 0,
-            cmd_tx,
-            cmd_rx,
-        };
+        });
         d.set_private_key(state.private_key.clone());
         let now = d.now();
         for (id, spec) in state.peers {
@@ -464,6 +465,36 @@ impl Daemon {
         Ok(d)
     }
 
+    /// A daemon over a data path, link and sockets, with no key or peers yet.
+    fn assemble(p: Parts) -> Self {
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        Daemon {
+            rekey_after_time: p.opts.rekey_after_time,
+            dp: p.dp,
+            link: p.link,
+            handle: p.handle,
+            opts: p.opts,
+            private_key: None,
+            identity: None,
+            checker: None,
+            load: LoadDetector::new(),
+            peers: BTreeMap::new(),
+            by_index: HashMap::new(),
+            sock: p.sock,
+            listen_port: p.listen_port,
+            fwmark: p.fwmark,
+            inject: p.inject,
+            state_path: p.state_path,
+            wan: p.wan,
+            tunnel_mode: p.tunnel_mode,
+            hs_stats: HandshakeStats::default(),
+            hs_limited_seen: 0,
+            ticks: 0,
+            cmd_tx,
+            cmd_rx,
+        }
+    }
+
     /// Saves the configuration for a restarted daemon (see `persist`).
     fn save_state(&self) {
         let Some(path) = &self.state_path else { return };
@@ -532,20 +563,11 @@ impl Daemon {
             opts.xdp_mode,
         )?;
         let inject = packet_socket(tlink.index)?;
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        let rekey_after_time = opts.rekey_after_time;
-        let mut d = Daemon {
+        let mut d = Daemon::assemble(Parts {
             dp,
             link: tlink,
             handle,
             opts,
-            rekey_after_time,
-            private_key: None,
-            identity: None,
-            checker: None,
-            load: LoadDetector::new(),
-            peers: BTreeMap::new(),
-            by_index: HashMap::new(),
             sock,
             listen_port,
             fwmark: 0,
@@ -553,12 +575,7 @@ impl Daemon {
             state_path,
             wan: Vec::new(),
             tunnel_mode,
-            hs_stats: HandshakeStats::default(),
-            hs_limited_seen: 0,
-            ticks: 0,
-            cmd_tx,
-            cmd_rx,
-        };
+        });
         d.attach_wans(endpoints).await?;
         if d.wan.is_empty() {
             return Err(DaemonError::NoWan);
