@@ -309,7 +309,7 @@ fn up_show_down_from_a_config_file() {
     let gw_key = PrivateKey::generate();
     let peer_key = PrivateKey::generate();
     let conf = format!(
-        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.95.0.1/24\nPostUp = touch /tmp/{ifname}.postup\n\n[Appliance]\nMetrics = 127.0.0.1:9587\nWAN = {}\n\n# friendly_name = branch-office\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.95.0.2/32, 10.97.0.0/24\n",
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.95.0.1/24\nPostUp = touch /tmp/{ifname}.postup\n\n[Appliance]\nMetrics = 127.0.0.1:9587\nWAN = {}\nHandshakeRate = 7\n\n# friendly_name = branch-office\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.95.0.2/32, 10.97.0.0/24\n",
         &*gw_key.to_base64(),
         l.veth.a,
         peer_key.public_key().to_base64()
@@ -353,6 +353,20 @@ fn up_show_down_from_a_config_file() {
         "{shown}"
     );
     assert_no_keys("wg-appliance show", &shown, &[&gw_key]);
+    // [Appliance] HandshakeRate reached the XDP limiter (read back from the
+    // pinned CONFIG map).
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(format!("/var/run/netns/{}", l.gw.name()))
+            .expect("netns")
+            .ino();
+        let pin = format!("/run/wg-appliance/bpf/{ino}/{ifname}/map_CONFIG");
+        let data = aya::maps::MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{pin}: {e}"));
+        let config: aya::maps::Array<_, wg_ebpf_common::DatapathConfig> =
+            aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+                .expect("array");
+        assert_eq!(config.get(&0, 0).expect("config").hs_rate, 7);
+    }
     let metrics = stdout(
         l.gw.exec(
             "curl",

@@ -6,7 +6,13 @@
 //! boringtun-cli. Workloads are iperf3 runs from namespace A (client) to
 //! namespace B (server) over the tunnel addresses: TCP with 1 and 4
 //! streams (Mbit/s the receiver got) and a small-packet UDP rate (64-byte
-//! datagrams, packets per second the receiver got).
+//! datagrams, packets per second the receiver got). Two more, only when
+//! asked for by name, measure the server's control plane with generators
+//! of ours ([`flood`]) in namespace A aimed at B's WireGuard port: `junk`
+//! (malformed and unknown-index datagrams; the figure is the server
+//! daemon's CPU %, lower is better, with the generator's rate and
+//! wg-appliance's XDP drops per second alongside) and `handshakes`
+//! (complete Noise handshakes per second from many client identities).
 //!
 //! Runs are interleaved (A B C D A B C D ...): each round builds a fresh
 //! lab per variant (two namespaces, a veth, a daemon at each end), brings
@@ -23,6 +29,7 @@
 //! processes, cleanup), [`report`] (table and JSON), [`chart`] (SVG).
 
 pub mod chart;
+pub mod flood;
 pub mod lab;
 pub mod report;
 pub mod stats;
@@ -48,6 +55,12 @@ const IN_A: &str = "10.202.0.1";
 const IN_B: &str = "10.202.0.2";
 const WG_PORT: u16 = 51820;
 const IPERF_PORT: &str = "5201";
+/// The server's `[Appliance] HandshakeRate` when the handshakes workload
+/// runs (handshake messages per second per source address).
+const HS_RATE_LIMIT: u32 = 1_000_000;
+/// Bounds of the generators, per second of run time.
+const JUNK_MAX_PER_S: u64 = 20_000_000;
+const HS_MAX_PER_S: u64 = 1_000_000;
 /// wg-appliance's metrics inside each namespace (every namespace has its
 /// own loopback, so the address never collides).
 const METRICS_ADDR: &str = "127.0.0.1:9586";
@@ -113,16 +126,32 @@ pub enum Workload {
     Tcp1,
     Tcp4,
     Udp64,
+    /// Malformed datagrams and unknown-index transport data at the server's
+    /// port (not through the tunnel); the figure is the server's CPU.
+    Junk,
+    /// Complete Noise handshakes per second from many client identities.
+    Handshakes,
 }
 
 impl Workload {
+    /// The default set (the tunnel throughput workloads).
     pub const ALL: [Workload; 3] = [Workload::Tcp1, Workload::Tcp4, Workload::Udp64];
+    /// Every workload, including those only run when asked for.
+    pub const EVERY: [Workload; 5] = [
+        Workload::Tcp1,
+        Workload::Tcp4,
+        Workload::Udp64,
+        Workload::Junk,
+        Workload::Handshakes,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Tcp1 => "tcp1",
             Workload::Tcp4 => "tcp4",
             Workload::Udp64 => "udp64",
+            Workload::Junk => "junk",
+            Workload::Handshakes => "handshakes",
         }
     }
 
@@ -131,6 +160,8 @@ impl Workload {
             Workload::Tcp1 => "TCP, 1 stream",
             Workload::Tcp4 => "TCP, 4 streams",
             Workload::Udp64 => "UDP, 64-byte datagrams",
+            Workload::Junk => "Junk flood at the server's port, server CPU (lower is better)",
+            Workload::Handshakes => "Handshakes completed per second",
         }
     }
 
@@ -138,7 +169,19 @@ impl Workload {
         match self {
             Workload::Tcp1 | Workload::Tcp4 => "Mbit/s",
             Workload::Udp64 => "kpps",
+            Workload::Junk => "CPU %, lower is better",
+            Workload::Handshakes => "handshakes/s",
         }
+    }
+
+    /// Whether a higher figure is better (picks the baseline and reads the
+    /// ratio); false for the junk flood's CPU cost.
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Workload::Junk)
+    }
+
+    fn is_iperf(self) -> bool {
+        matches!(self, Workload::Tcp1 | Workload::Tcp4 | Workload::Udp64)
     }
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -146,7 +189,11 @@ impl Workload {
             "tcp1" | "tcp" => Workload::Tcp1,
             "tcp4" => Workload::Tcp4,
             "udp64" | "udp" | "udp-small" => Workload::Udp64,
-            other => bail!("unknown workload {other:?}; expected tcp1, tcp4 or udp64"),
+            "junk" | "junk-flood" => Workload::Junk,
+            "handshakes" | "hs" | "handshake" => Workload::Handshakes,
+            other => {
+                bail!("unknown workload {other:?}; expected tcp1, tcp4, udp64, junk or handshakes")
+            }
         })
     }
 
@@ -158,6 +205,7 @@ impl Workload {
             // 64-byte payloads at a rate no sender here reaches: the figure
             // is what the tunnel delivers.
             Workload::Udp64 => &["-u", "-l", "64", "-b", "1G"],
+            Workload::Junk | Workload::Handshakes => &[],
         }
     }
 }
@@ -178,9 +226,21 @@ pub struct BenchArgs {
     /// boringtun (default: all four).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
-    /// Workloads, comma-separated: tcp1, tcp4, udp64 (default: all).
+    /// Workloads, comma-separated: tcp1, tcp4, udp64 (the default set), and
+    /// junk (a flood of malformed/unknown-index datagrams at the server's
+    /// port; figure: the server daemon's CPU %, lower is better; also the
+    /// generator's rate and, for wg-appliance, XDP drops per second) and
+    /// handshakes (complete handshakes per second from --hs-peers client
+    /// identities). junk and handshakes are not in the default set: they
+    /// measure the control plane, not the tunnel; ask for them by name.
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
+    /// handshakes: client identities (each a peer of the server).
+    #[arg(long, default_value_t = 512)]
+    pub hs_peers: usize,
+    /// handshakes: initiations in flight.
+    #[arg(long, default_value_t = 32)]
+    pub hs_window: usize,
     /// Variant the ratios are computed against (default: the better of
     /// wireguard-go and boringtun, per workload).
     #[arg(long)]
@@ -210,6 +270,8 @@ impl BenchArgs {
             warmup: 2,
             variants: Vec::new(),
             workloads: Vec::new(),
+            hs_peers: 512,
+            hs_window: 32,
             baseline: None,
             out: None,
             quick: false,
@@ -233,6 +295,8 @@ pub struct Settings {
     pub warmup_s: u64,
     pub variants: Vec<Variant>,
     pub workloads: Vec<Workload>,
+    pub hs_peers: usize,
+    pub hs_window: usize,
     pub baseline: Option<Variant>,
     pub appliance_bin: PathBuf,
     pub per_packet_cpus: String,
@@ -272,6 +336,9 @@ impl Settings {
         }
         variants.dedup();
         workloads.dedup();
+        if a.hs_peers == 0 || a.hs_window == 0 || a.hs_peers > 4096 {
+            bail!("--hs-peers must be 1-4096 and --hs-window at least 1");
+        }
         if rounds == 0 || duration == 0 {
             bail!("--rounds and --duration must be at least 1");
         }
@@ -301,6 +368,8 @@ impl Settings {
             warmup_s: warmup,
             variants,
             workloads,
+            hs_peers: a.hs_peers,
+            hs_window: a.hs_window,
             baseline,
             appliance_bin,
             per_packet_cpus: a.per_packet_cpus.clone(),
@@ -337,6 +406,11 @@ pub struct Sample {
     /// wg-appliance only: data path counters that moved during the run,
     /// `<side>:<metric>{labels}` → delta (side `a` is the client's end).
     pub counters: BTreeMap<String, f64>,
+    /// junk and handshakes: the generator's and the server's figures
+    /// (`gen_pps`, `gen_sent`, `server_cpu_pct`, `xdp_drop_pps`,
+    /// `host_busy_pct`, `host_softirq_pct`, `hs_*`; see `flood_sample`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
     /// The 1-minute load average right after the run. It includes the
     /// bench's own load (iperf3, userspace daemons' threads); a figure far
     /// above the other runs' points at other tenants of the machine.
@@ -471,6 +545,7 @@ fn failed(round: usize, variant: Variant, workload: Workload, e: &anyhow::Error)
         udp_sent: None,
         udp_lost: None,
         counters: BTreeMap::new(),
+        extra: BTreeMap::new(),
         loadavg_1m: loadavg_1m(),
         error: Some(format!("{e:#}")),
     }
@@ -508,8 +583,14 @@ fn run_variant(
     if settings.warmup_s > 0 {
         iperf(stop, &lab, Workload::Tcp1, settings.warmup_s).context("warm-up run")?;
     }
+    let mut hs_ids: Option<Vec<crate::noise::Identity>> = None;
     for &w in &settings.workloads {
         stop.check()?;
+        if !w.is_iperf() {
+            let s = flood_sample(settings, stop, &lab, round, v, w, &key_b, &mut hs_ids);
+            samples.push(s?);
+            continue;
+        }
         let before = if v.is_appliance() {
             Some(scrape_both(&lab))
         } else {
@@ -551,6 +632,7 @@ fn run_variant(
                     udp_sent: m.udp_sent,
                     udp_lost: m.udp_lost,
                     counters,
+                    extra: BTreeMap::new(),
                     loadavg_1m: loadavg_1m(),
                     error: None,
                 }
@@ -570,6 +652,222 @@ fn run_variant(
     // Drop order (Lab's fields): daemons, namespaces, files.
     drop(lab);
     Ok(())
+}
+
+/// One junk or handshakes run, as a sample (a failure is recorded in it,
+/// unless the bench was interrupted).
+#[allow(clippy::too_many_arguments)]
+fn flood_sample(
+    settings: &Settings,
+    stop: &Stop,
+    lab: &Lab,
+    round: usize,
+    v: Variant,
+    w: Workload,
+    server_key: &PrivateKey,
+    hs_ids: &mut Option<Vec<crate::noise::Identity>>,
+) -> Result<Sample> {
+    match flood_run(settings, lab, v, w, server_key, hs_ids) {
+        Ok(f) => {
+            println!(
+                "  {:<6} {:>10.1} {}  ({})",
+                w.name(),
+                f.value,
+                w.unit(),
+                f.line
+            );
+            Ok(Sample {
+                round,
+                variant: v,
+                workload: w,
+                value: Some(f.value),
+                unit: w.unit(),
+                mbit_s: None,
+                retransmits: None,
+                udp_sent: None,
+                udp_lost: None,
+                counters: f.counters,
+                extra: f.extra,
+                loadavg_1m: loadavg_1m(),
+                error: None,
+            })
+        }
+        Err(e) => {
+            if stop.requested() {
+                return Err(e);
+            }
+            eprintln!("  {:<6} failed: {e:#}", w.name());
+            Ok(failed(round, v, w, &e))
+        }
+    }
+}
+
+struct Flooded {
+    value: f64,
+    extra: BTreeMap<String, f64>,
+    counters: BTreeMap<String, f64>,
+    line: String,
+}
+
+/// The generator of `w` on a thread in A against B's WireGuard port, with
+/// B's daemon CPU (its process tree's utime + stime over the wall time),
+/// the host's CPU and, for wg-appliance, B's counters measured around it.
+fn flood_run(
+    settings: &Settings,
+    lab: &Lab,
+    v: Variant,
+    w: Workload,
+    server_key: &PrivateKey,
+    hs_ids: &mut Option<Vec<crate::noise::Identity>>,
+) -> Result<Flooded> {
+    use std::fmt::Write as _;
+    let target: std::net::SocketAddrV4 = format!("{OUT_B}:{WG_PORT}").parse()?;
+    let dur = Duration::from_secs(settings.duration_s);
+    let b_end = lab.b_end.as_ref().context("no server end")?;
+    let pid = b_end
+        .proc
+        .pid()
+        .context("the server's daemon is not running")?;
+    if w == Workload::Handshakes && hs_ids.is_none() {
+        // Client identities, each a peer of the server with its own /32.
+        let keys: Vec<PrivateKey> = (0..settings.hs_peers)
+            .map(|_| PrivateKey::generate())
+            .collect();
+        let mut conf = String::new();
+        for (i, k) in keys.iter().enumerate() {
+            let _ = writeln!(
+                conf,
+                "[Peer]\nPublicKey = {}\nAllowedIPs = 10.203.{}.{}/32\n",
+                k.public_key().to_base64(),
+                i / 256,
+                i % 256
+            );
+        }
+        let f = lab
+            .dir
+            .write(&format!("{}-peers.conf", b_end.ifname), &conf)?;
+        lab.b
+            .exec("wg", &["addconf", &b_end.ifname, &f.display().to_string()])
+            .context("adding the handshake identities to the server")?;
+        // A source address per identity in A, routed from B over the veth.
+        let mut batch = String::new();
+        for ip in hs_sources(settings.hs_peers) {
+            let _ = writeln!(batch, "addr add {ip}/32 dev {}", lab.veth_a);
+        }
+        let bf = lab.dir.write("hs-sources.batch", &batch)?;
+        lab.a
+            .ip(&["-batch", &bf.display().to_string()])
+            .context("adding the handshake source addresses")?;
+        lab.b
+            .ip(&["route", "add", HS_SOURCE_NET, "dev", &lab.veth_b])
+            .context("routing the handshake source addresses")?;
+        *hs_ids = Some(keys.iter().map(crate::noise::Identity::new).collect());
+    }
+    let before = v.is_appliance().then(|| scrape_both(lab));
+    let tck = flood::clk_tck();
+    let host0 = flood::host_cpu();
+    let cpu0 =
+        flood::tree_cpu_ticks(pid).context("reading the server daemon's /proc/<pid>/stat")?;
+    let t0 = std::time::Instant::now();
+    let mut extra = BTreeMap::new();
+    let (value, gen_elapsed, mut line) = match w {
+        Workload::Junk => {
+            let max = JUNK_MAX_PER_S * settings.duration_s;
+            let r = lab.a.enter(|| flood::junk(target.into(), dur, max))?;
+            extra.insert("gen_sent".into(), r.sent as f64);
+            extra.insert("gen_pps".into(), r.rate());
+            extra.insert("gen_send_errors".into(), r.send_errors as f64);
+            (
+                None,
+                r.elapsed,
+                format!("generator {:.0} kpps", r.rate() / 1e3),
+            )
+        }
+        _ => {
+            let ids = hs_ids.as_deref().context("no identities")?;
+            let max = HS_MAX_PER_S * settings.duration_s;
+            let pk = server_key.public_key();
+            let win = settings.hs_window;
+            let srcs = hs_sources(settings.hs_peers);
+            let r = lab
+                .a
+                .enter(|| flood::handshakes(target, pk, ids, &srcs, win, dur, max))?;
+            extra.insert("hs_initiations".into(), r.initiations as f64);
+            extra.insert("hs_completed".into(), r.completed as f64);
+            extra.insert("hs_rejected".into(), r.rejected as f64);
+            extra.insert("hs_cookie_replies".into(), r.cookie_replies as f64);
+            extra.insert("hs_timed_out".into(), r.timed_out as f64);
+            extra.insert(
+                "gen_pps".into(),
+                flood::per_second(r.initiations, r.elapsed),
+            );
+            if r.completed == 0 {
+                bail!(
+                    "no handshake completed ({} initiations, {} cookie replies, {} timed out)",
+                    r.initiations,
+                    r.cookie_replies,
+                    r.timed_out
+                );
+            }
+            (
+                Some(r.rate()),
+                r.elapsed,
+                format!(
+                    "{} initiations, {} cookie replies, {} timed out",
+                    r.initiations, r.cookie_replies, r.timed_out
+                ),
+            )
+        }
+    };
+    let wall = t0.elapsed();
+    let cpu1 = flood::tree_cpu_ticks(pid).context("the server's daemon exited during the run")?;
+    let server_cpu =
+        flood::cpu_pct(cpu1.saturating_sub(cpu0), tck, wall).context("no time elapsed")?;
+    extra.insert("server_cpu_pct".into(), server_cpu);
+    let _ = write!(line, "; server daemon {server_cpu:.1}% CPU");
+    if let (Some(a), Some(b)) = (host0, flood::host_cpu()) {
+        if let Some((busy, softirq)) = flood::host_pct(a, b) {
+            extra.insert("host_busy_pct".into(), busy);
+            extra.insert("host_softirq_pct".into(), softirq);
+            let _ = write!(line, "; host {busy:.0}% busy, {softirq:.0}% softirq");
+        }
+    }
+    let counters = match before {
+        Some(b) => counter_delta(&b, &scrape_both(lab)),
+        None => BTreeMap::new(),
+    };
+    if v.is_appliance() {
+        let drops = server_drops(&counters);
+        // `+ 0.0`: an empty f64 sum is -0.0.
+        let pps = drops.max(0.0) / gen_elapsed.as_secs_f64().max(1e-9) + 0.0;
+        extra.insert("xdp_drop_pps".into(), pps);
+        let _ = write!(line, "; XDP drops {:.0} kpps", pps / 1e3);
+    }
+    Ok(Flooded {
+        value: value.unwrap_or(server_cpu),
+        extra,
+        counters,
+        line,
+    })
+}
+
+/// The handshake identities' source addresses (one each) in A.
+const HS_SOURCE_NET: &str = "10.204.0.0/16";
+
+/// `n` addresses in [`HS_SOURCE_NET`]: 10.204.<i / 250>.<i % 250 + 1>.
+fn hs_sources(n: usize) -> Vec<std::net::Ipv4Addr> {
+    (0..n)
+        .map(|i| std::net::Ipv4Addr::new(10, 204, (i / 250) as u8, (i % 250 + 1) as u8))
+        .collect()
+}
+
+/// Packets the server end (`b:`) dropped, all reasons.
+fn server_drops(counters: &BTreeMap<String, f64>) -> f64 {
+    counters
+        .iter()
+        .filter(|(k, _)| k.starts_with("b:wg_appliance_dropped_packets_total"))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Starts the daemon of one end and configures it with `wg set`, an
@@ -595,6 +893,26 @@ fn start_endpoint(
     let proc = match v {
         Variant::Appliance | Variant::AppliancePerPacket => {
             let mut args = vec!["-f", &ifname, "--wan", veth, "--metrics", METRICS_ADDR];
+            // The handshakes workload: the server's XDP must not rate-limit
+            // handshake messages from the one client address (default
+            // 20/s per source), which only a configuration file sets
+            // (`[Appliance] HandshakeRate`); `up <ifname>.conf` with just
+            // the private key, then configured with `wg` as usual.
+            let conf;
+            if !side_a && settings.workloads.contains(&Workload::Handshakes) {
+                conf = lab
+                    .dir
+                    .write(
+                        &format!("{ifname}.conf"),
+                        &format!(
+                            "[Interface]\nPrivateKey = {}\n\n[Appliance]\nHandshakeRate = {HS_RATE_LIMIT}\n",
+                            &*key.to_base64()
+                        ),
+                    )?
+                    .display()
+                    .to_string();
+                args.splice(0..2, ["up", conf.as_str(), "-f"]);
+            }
             if v == Variant::AppliancePerPacket {
                 args.extend(["--per-packet", "--cpus", &settings.per_packet_cpus]);
             }
@@ -750,6 +1068,7 @@ fn parse_iperf(w: Workload, stdout: &str) -> Result<Measured> {
             udp_sent: None,
             udp_lost: None,
         },
+        Workload::Junk | Workload::Handshakes => bail!("{} is not an iperf3 workload", w.name()),
         Workload::Udp64 => {
             let secs = f(&recv["seconds"]);
             let bytes = f(&recv["bytes"]);
@@ -899,9 +1218,13 @@ mod tests {
         for v in Variant::ALL {
             assert_eq!(Variant::parse(v.name()).unwrap(), v);
         }
-        for w in Workload::ALL {
+        for w in Workload::EVERY {
             assert_eq!(Workload::parse(w.name()).unwrap(), w);
         }
+        assert_eq!(Workload::parse("hs").unwrap(), Workload::Handshakes);
+        assert!(Workload::parse("flood").is_err());
+        assert!(!Workload::Junk.higher_is_better());
+        assert!(Workload::Handshakes.higher_is_better());
         assert!(Variant::parse("kernel").is_err());
     }
 
@@ -916,6 +1239,56 @@ mod tests {
         assert_eq!((s.rounds, s.duration_s), (1, 2));
         assert_eq!(s.variants, Variant::ALL.to_vec());
         assert_eq!(s.workloads, vec![Workload::Tcp1]);
+    }
+
+    #[test]
+    fn new_workloads_only_when_asked() {
+        let base = BenchArgs {
+            appliance_bin: Some("/bin/true".into()),
+            ..BenchArgs::new()
+        };
+        let s = Settings::from_args(&base).unwrap();
+        assert_eq!(s.workloads, Workload::ALL.to_vec());
+        let a = BenchArgs {
+            workloads: vec!["junk".into(), "handshakes".into()],
+            ..base.clone()
+        };
+        let s = Settings::from_args(&a).unwrap();
+        assert_eq!(s.workloads, vec![Workload::Junk, Workload::Handshakes]);
+        assert_eq!((s.hs_peers, s.hs_window), (512, 32));
+        let bad = BenchArgs {
+            hs_window: 0,
+            ..base
+        };
+        assert!(Settings::from_args(&bad).is_err());
+    }
+
+    #[test]
+    fn server_drop_sum() {
+        let c: BTreeMap<String, f64> = [
+            (
+                "a:wg_appliance_dropped_packets_total{reason=\"x\"}".to_string(),
+                5.0,
+            ),
+            (
+                "b:wg_appliance_dropped_packets_total{reason=\"malformed\"}".to_string(),
+                7.0,
+            ),
+            (
+                "b:wg_appliance_dropped_packets_total{reason=\"unknown_index\"}".to_string(),
+                3.0,
+            ),
+            ("b:wg_appliance_datapath_packets_total".to_string(), 100.0),
+        ]
+        .into();
+        assert_eq!(server_drops(&c), 10.0);
+        let s = hs_sources(4096);
+        assert_eq!(s[0], std::net::Ipv4Addr::new(10, 204, 0, 1));
+        assert_eq!(s[251], std::net::Ipv4Addr::new(10, 204, 1, 2));
+        assert_eq!(
+            s.iter().collect::<std::collections::HashSet<_>>().len(),
+            4096
+        );
     }
 
     #[test]

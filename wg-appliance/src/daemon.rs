@@ -623,6 +623,12 @@ impl Daemon {
         self.listen_port
     }
 
+    /// Handshake messages per second and source let through by XDP.
+    pub fn set_handshake_rate(&mut self, per_second: u32) -> Result<(), DaemonError> {
+        self.opts.handshake_rate = Some(per_second);
+        Ok(self.dp.set_handshake_rate(per_second)?)
+    }
+
     /// A sender for [`Command`]s to this daemon's task.
     pub fn commands(&self) -> mpsc::Sender<Command> {
         self.cmd_tx.clone()

@@ -544,6 +544,14 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
         None => Daemon::start_empty(plan.opts.clone(), 0, &[]).await?,
     };
     let mut daemon = daemon;
+    if let Some(rate) = plan.opts.handshake_rate {
+        // Daemon::start takes the file's [Interface] and [Peer] parts;
+        // this one comes from [Appliance] (or the flag).
+        if let Err(e) = daemon.set_handshake_rate(rate) {
+            daemon.shutdown().await;
+            return Err(e.into());
+        }
+    }
     let setup = async {
         if let Some(c) = &plan.config {
             add_routes(&daemon, c).await?;

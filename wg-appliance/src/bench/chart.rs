@@ -132,9 +132,10 @@ fn panel(
                 14,
             )))?;
         }
+        let prec = if m.abs() < 10.0 { 1 } else { 0 };
         let label = match r.ratio {
-            Some(x) => format!("{m:.0} ({x:.2}x)"),
-            None => format!("{m:.0}"),
+            Some(x) => format!("{m:.prec$} ({x:.2}x)"),
+            None => format!("{m:.prec$}"),
         };
         let style = ("sans-serif", 12)
             .into_font()

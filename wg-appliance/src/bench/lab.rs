@@ -233,6 +233,11 @@ impl Proc {
         })
     }
 
+    /// The process id (of `ip netns exec`, which execs the command in place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Fails if the process already exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
@@ -429,29 +434,40 @@ impl Lab {
     }
 }
 
+impl Netns {
+    /// Runs `f` on a scoped thread that entered this namespace
+    /// (setns(CLONE_NEWNET) on /var/run/netns/<name>); its sockets live
+    /// there.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(format!("/var/run/netns/{}", self.name))
+            .with_context(|| format!("namespace {} vanished", self.name))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<T> {
+                // SAFETY: setns on this (scoped) thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns({}): {}", self.name, std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+}
+
 /// `GET /metrics` from `addr` as seen from inside namespace `ns`.
 pub fn scrape_metrics(ns: &Netns, addr: &str) -> Result<String> {
-    use std::os::fd::AsRawFd as _;
-    let file = std::fs::File::open(format!("/var/run/netns/{}", ns.name))
-        .with_context(|| format!("namespace {} vanished", ns.name))?;
     let addr: std::net::SocketAddr = addr.parse()?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<String> {
-            // SAFETY: setns on this (scoped, short-lived) thread only.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns({}): {}", ns.name, std::io::Error::last_os_error());
-            }
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or(body))
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    ns.enter(|| -> Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(body))
     })
 }

@@ -155,10 +155,14 @@ pub struct Row {
     pub retransmits_median: Option<f64>,
     /// UDP: median of the per-run loss (percent of datagrams sent).
     pub udp_loss_pct_median: Option<f64>,
+    /// junk and handshakes: the median of each of the samples' `extra`
+    /// figures (generator rate, server CPU %, XDP drops per second, ...).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra_median: std::collections::BTreeMap<String, f64>,
 }
 
 /// The baseline of a workload: the one given, else the better of
-/// wireguard-go and boringtun by median.
+/// wireguard-go and boringtun by median (the lower for a cost).
 pub fn baseline_for(settings: &Settings, rows: &[Row], w: Workload) -> Option<Variant> {
     if let Some(b) = settings.baseline {
         return Some(b);
@@ -171,7 +175,7 @@ pub fn baseline_for(settings: &Settings, rows: &[Row], w: Workload) -> Option<Va
         })
         .map(|(i, r)| (i, r.median))
         .collect();
-    stats::best(&cands).map(|i| rows[i].variant)
+    stats::best_by(&cands, w.higher_is_better()).map(|i| rows[i].variant)
 }
 
 pub fn summarize(settings: &Settings, samples: &[Sample]) -> Vec<Row> {
@@ -195,6 +199,20 @@ pub fn summarize(settings: &Settings, samples: &[Sample]) -> Vec<Row> {
                     _ => None,
                 })
                 .collect();
+            let mut keys: Vec<&String> = mine.iter().flat_map(|s| s.extra.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let extra_median = keys
+                .into_iter()
+                .filter_map(|k| {
+                    let xs: Vec<f64> = mine
+                        .iter()
+                        .filter(|s| s.error.is_none())
+                        .filter_map(|s| s.extra.get(k).copied())
+                        .collect();
+                    Some((k.clone(), stats::median(&xs)?))
+                })
+                .collect();
             rows.push(Row {
                 workload: w,
                 variant: v,
@@ -208,6 +226,7 @@ pub fn summarize(settings: &Settings, samples: &[Sample]) -> Vec<Row> {
                 ratio: None,
                 retransmits_median: stats::median(&retr),
                 udp_loss_pct_median: stats::median(&loss),
+                extra_median,
             });
         }
     }
@@ -249,11 +268,20 @@ pub fn table(settings: &Settings, rows: &[Row], samples: &[Sample]) -> String {
             .and_then(|r| r.baseline);
         let _ = writeln!(
             s,
-            "\n{} [{}]   ratio vs {}",
+            "\n{} [{}]   ratio vs {}{}",
             w.label(),
             w.unit(),
-            base.map_or("(no baseline)", |b| b.label())
+            base.map_or("(no baseline)", |b| b.label()),
+            if w.higher_is_better() {
+                ""
+            } else {
+                " (below 1.00x: cheaper)"
+            }
         );
+        if !matches!(w, Workload::Tcp1 | Workload::Tcp4 | Workload::Udp64) {
+            flood_block(&mut s, w, rows);
+            continue;
+        }
         let extra = match w {
             Workload::Udp64 => "loss% (med)",
             _ => "retr (med)",
@@ -315,6 +343,73 @@ pub fn table(settings: &Settings, rows: &[Row], samples: &[Sample]) -> String {
         }
     }
     s
+}
+
+fn ex(r: &Row, k: &str, scale: f64, prec: usize) -> String {
+    opt(r.extra_median.get(k).map(|v| v / scale), prec)
+}
+
+/// The table block of junk or handshakes: the headline figure with its
+/// ratio, and the medians of the generator's and the server's figures.
+fn flood_block(s: &mut String, w: Workload, rows: &[Row]) {
+    let (prec, cols): (usize, &[(&str, &str, f64, usize)]) = match w {
+        Workload::Junk => (
+            1,
+            &[
+                ("sent kpps", "gen_pps", 1e3, 0),
+                ("XDP drop kpps", "xdp_drop_pps", 1e3, 0),
+                ("softirq%", "host_softirq_pct", 1.0, 0),
+            ],
+        ),
+        _ => (
+            0,
+            &[
+                ("init/s", "gen_pps", 1.0, 0),
+                ("srv CPU%", "server_cpu_pct", 1.0, 1),
+                ("cookies", "hs_cookie_replies", 1.0, 0),
+                ("timeouts", "hs_timed_out", 1.0, 0),
+            ],
+        ),
+    };
+    let _ = write!(
+        s,
+        "  {:<24} {:>10} {:>10} {:>10} {:>7} {:>5}",
+        "variant", "median", "min", "max", "ratio", "runs"
+    );
+    for (h, ..) in cols {
+        let _ = write!(s, " {h:>13}");
+    }
+    let _ = writeln!(s);
+    for r in rows.iter().filter(|r| r.workload == w) {
+        let runs = if r.failed > 0 {
+            format!("{}+{}F", r.n, r.failed)
+        } else {
+            r.n.to_string()
+        };
+        let _ = write!(
+            s,
+            "  {:<24} {:>10} {:>10} {:>10} {:>7} {:>5}",
+            r.variant.label(),
+            opt(r.median, prec),
+            opt(r.min, prec),
+            opt(r.max, prec),
+            r.ratio.map_or_else(|| "-".into(), |x| format!("{x:.2}x")),
+            runs
+        );
+        for (_, k, scale, p) in cols {
+            let _ = write!(s, " {:>13}", ex(r, k, *scale, *p));
+        }
+        let _ = writeln!(s);
+    }
+    if w == Workload::Junk {
+        let _ = writeln!(
+            s,
+            "  CPU % is the server daemon's process (utime+stime over wall time, 100 = one core); XDP drops\n  \
+             run in softirq, outside it (host softirq% is all CPUs, generator included).\n  \
+             issue target (not asserted): XDP drops >= 5 Mpps per core with the control plane < 5% CPU;\n  \
+             one generator thread on this machine offers only the 'sent' rate."
+        );
+    }
 }
 
 #[derive(Serialize)]

@@ -70,10 +70,16 @@ pub fn schedule(variants: usize, rounds: usize) -> Vec<Slot> {
 /// The index of the best (highest median) among `candidates`, given each
 /// one's median (`None`: no figure). Ties go to the first.
 pub fn best(candidates: &[(usize, Option<f64>)]) -> Option<usize> {
+    best_by(candidates, true)
+}
+
+/// [`best`] by the highest median, or by the lowest when `higher` is false
+/// (a cost such as CPU %).
+pub fn best_by(candidates: &[(usize, Option<f64>)], higher: bool) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for &(i, m) in candidates {
-        if let Some(m) = m {
-            if best.is_none_or(|(_, b)| m > b) {
+        if let Some(m) = m.filter(|m| !m.is_nan()) {
+            if best.is_none_or(|(_, b)| if higher { m > b } else { m < b }) {
                 best = Some((i, m));
             }
         }
@@ -160,5 +166,8 @@ mod tests {
         assert_eq!(best(&[(2, None), (3, Some(450.0))]), Some(3));
         assert_eq!(best(&[(2, Some(1.0)), (3, Some(1.0))]), Some(2));
         assert_eq!(best(&[(2, None)]), None);
+        assert_eq!(best_by(&[(2, Some(5.0)), (3, Some(4.5))], false), Some(3));
+        assert_eq!(best_by(&[(2, Some(1.0)), (3, Some(1.0))], false), Some(2));
+        assert_eq!(best_by(&[(2, None), (3, Some(f64::NAN))], false), None);
     }
 }
