@@ -259,6 +259,15 @@ pub struct BenchArgs {
     /// CPUs for the per-packet variant's --cpus.
     #[arg(long, default_value = "0,1")]
     pub per_packet_cpus: String,
+    /// Tunnel MTU of every variant's interfaces (a run-level dimension:
+    /// compare MTUs across runs; variants are compared within one).
+    #[arg(long, default_value_t = 1420)]
+    pub mtu: u16,
+    /// Extra peers configured on both ends of every tunnel before measuring
+    /// (each with its own /32), to see what a large peer table costs
+    /// per packet: e.g. 10000 against a run with 0.
+    #[arg(long, default_value_t = 0)]
+    pub extra_peers: usize,
 }
 
 impl BenchArgs {
@@ -277,6 +286,8 @@ impl BenchArgs {
             quick: false,
             appliance_bin: None,
             per_packet_cpus: "0,1".into(),
+            mtu: 1420,
+            extra_peers: 0,
         }
     }
 }
@@ -300,6 +311,8 @@ pub struct Settings {
     pub baseline: Option<Variant>,
     pub appliance_bin: PathBuf,
     pub per_packet_cpus: String,
+    pub mtu: u16,
+    pub extra_peers: usize,
     pub out: PathBuf,
 }
 
@@ -373,6 +386,8 @@ impl Settings {
             baseline,
             appliance_bin,
             per_packet_cpus: a.per_packet_cpus.clone(),
+            mtu: a.mtu,
+            extra_peers: a.extra_peers,
             out,
         })
     }
@@ -573,6 +588,9 @@ fn run_variant(
     lab.b_end = Some(b);
     let a = start_endpoint(settings, stop, &lab, true, v, &key_a, &key_b, &log("a"))?;
     lab.a_end = Some(a);
+    if settings.extra_peers > 0 {
+        add_extra_peers(settings, &lab)?;
+    }
     wait_until(
         stop,
         Duration::from_secs(15),
@@ -870,6 +888,32 @@ fn server_drops(counters: &BTreeMap<String, f64>) -> f64 {
         .sum()
 }
 
+/// `settings.extra_peers` dummy peers on both ends, each with its own /32
+/// in 100.64.0.0/10, configured with `wg addconf` like any peer.
+fn add_extra_peers(settings: &Settings, lab: &Lab) -> Result<()> {
+    use std::fmt::Write as _;
+    for (ns, end) in [(&lab.a, &lab.a_end), (&lab.b, &lab.b_end)] {
+        let end = end.as_ref().context("tunnel end not started")?;
+        let mut conf = String::new();
+        for i in 0..settings.extra_peers {
+            let _ = writeln!(
+                conf,
+                "[Peer]\nPublicKey = {}\nAllowedIPs = 100.{}.{}.{}/32\n",
+                PrivateKey::generate().public_key().to_base64(),
+                64 + (i >> 16) % 64,
+                (i >> 8) & 0xff,
+                i & 0xff
+            );
+        }
+        let f = lab
+            .dir
+            .write(&format!("{}-extra.conf", end.ifname), &conf)?;
+        ns.exec("wg", &["addconf", &end.ifname, &f.display().to_string()])
+            .with_context(|| format!("adding {} extra peers", settings.extra_peers))?;
+    }
+    Ok(())
+}
+
 /// Starts the daemon of one end and configures it with `wg set`, an
 /// address and the link up.
 #[allow(clippy::too_many_arguments)]
@@ -892,7 +936,17 @@ fn start_endpoint(
     let bin = settings.appliance_bin.display().to_string();
     let proc = match v {
         Variant::Appliance | Variant::AppliancePerPacket => {
-            let mut args = vec!["-f", &ifname, "--wan", veth, "--metrics", METRICS_ADDR];
+            let mtu = settings.mtu.to_string();
+            let mut args = vec![
+                "-f",
+                &ifname,
+                "--wan",
+                veth,
+                "--metrics",
+                METRICS_ADDR,
+                "--mtu",
+                &mtu,
+            ];
             // The handshakes workload: the server's XDP must not rate-limit
             // handshake messages from the one client address (default
             // 20/s per source), which only a configuration file sets
@@ -983,7 +1037,14 @@ fn start_endpoint(
     )?;
     let _ = std::fs::remove_file(&key_file);
     ns.ip(&["addr", "add", &format!("{inner}/24"), "dev", &end.ifname])?;
-    ns.ip(&["link", "set", &end.ifname, "mtu", "1420", "up"])?;
+    ns.ip(&[
+        "link",
+        "set",
+        &end.ifname,
+        "mtu",
+        &settings.mtu.to_string(),
+        "up",
+    ])?;
     end.proc.check_alive()?;
     Ok(end)
 }

@@ -1442,6 +1442,22 @@ impl Daemon {
         }
         let ids: Vec<u32> = self.peers.keys().copied().collect();
         for id in ids {
+            // Only peers with a session can have moved traffic: reading the
+            // counters is a syscall per peer, and a table of 10,000 idle
+            // peers polled every tick costs the data path a core's share.
+            let idle = self.peers.get(&id).is_some_and(|p| {
+                p.timers.keypairs.current().is_none()
+                    && p.timers.keypairs.next().is_none()
+                    && p.timers.keypairs.previous().is_none()
+            });
+            if idle {
+                let acts = match self.peers.get_mut(&id) {
+                    Some(p) => p.timers.tick(now),
+                    None => continue,
+                };
+                self.act(id, acts).await;
+                continue;
+            }
             let Ok(stats) = self.dp.peer_stats(id) else {
                 continue;
             };

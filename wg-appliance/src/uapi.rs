@@ -36,9 +36,10 @@ pub const IPC_ERROR_INVALID: i32 = -libc::EINVAL;
 pub const IPC_ERROR_PORT_IN_USE: i32 = -libc::EADDRINUSE;
 pub const IPC_ERROR_UNKNOWN: i32 = -55;
 
-/// Largest request accepted: a `setconf` with thousands of peers and
-/// prefixes fits comfortably; a client streaming garbage does not.
-pub const MAX_REQUEST_LEN: usize = 1 << 20;
+/// Largest request accepted: a `setconf` of the data path's full peer table
+/// (16,384 peers with several prefixes each, ≈ 100 bytes a line) fits; a
+/// client streaming garbage does not. The socket is root-only.
+pub const MAX_REQUEST_LEN: usize = 32 << 20;
 
 /// One request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
