@@ -505,7 +505,13 @@ pub fn run_demo() -> Result<()> {
         started.elapsed()
     );
     println!("==============================================");
-    if !(lan_ping && rw_ping && handshakes == 2 && up > 0.0 && down > 0.0 && dropped >= sent as f64)
+    if !(lan_ping
+        && rw_ping
+        && handshakes == 2
+        && up > 0.0
+        && down > 0.0
+        && dropped >= sent as f64
+        && ab_ok)
     {
         bail!("the demo found a problem (see the summary)");
     }

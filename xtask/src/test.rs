@@ -83,6 +83,23 @@ pub fn run() -> Result<()> {
         took: t.elapsed(),
     });
 
+    // The README's first command, end to end (release build, the lab, the
+    // quick A/B): it fails on any broken step.
+    let t = Instant::now();
+    println!("\n==> smoke run of the demo (cargo xtask demo)");
+    let ok = match crate::demo::run_demo() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("demo failed: {e:#}");
+            false
+        }
+    };
+    steps.push(StepResult {
+        name: "demo smoke run".into(),
+        ok,
+        took: t.elapsed(),
+    });
+
     // Every wire parser under the fuzzer for a bounded time.
     let t = Instant::now();
     let fuzz_secs = 5;
