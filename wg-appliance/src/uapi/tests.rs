@@ -332,11 +332,11 @@ fn reader_caps_size_and_rejects_non_utf8() {
     assert!(e.closes_connection());
     assert_eq!(e.errno(), IPC_ERROR_IO);
     assert_eq!(r.pending(), 0);
-    // The default limit is 1 MiB.
+    // The default limit is MAX_REQUEST_LEN.
     let mut r = RequestReader::new();
     let chunk = vec![b'x'; 64 * 1024];
     let mut failed = false;
-    for _ in 0..17 {
+    for _ in 0..=(MAX_REQUEST_LEN / chunk.len()) {
         if r.push(&chunk).is_err() {
             failed = true;
             break;
