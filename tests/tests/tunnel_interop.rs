@@ -4,38 +4,16 @@
 
 use std::time::Duration;
 
-use wg_appliance::{
-    daemon::{DeviceSpec, PeerSpec},
-    datapath::ModePolicy,
-    keys::PrivateKey,
-};
+use wg_appliance::{daemon::PeerSpec, keys::PrivateKey};
 use wg_appliance_tests::{
     appliance::Appliance,
     netns_unavailable,
     peers::{Impl, ThirdParty},
-    skip, unique_name, Netns, Veth,
+    skip,
+    topo::gw_spec,
+    unique_name, Netns, Veth,
 };
 use wg_ebpf_common::Counter;
-
-fn spec(ifname: &str, key: PrivateKey, peer: PeerSpec, wan: &str) -> DeviceSpec {
-    DeviceSpec {
-        ifname: ifname.to_owned(),
-        private_key: key,
-        listen_port: 51820,
-        peers: vec![peer],
-        addresses: vec![
-            "10.92.0.1/24".parse().expect("cidr"),
-            "fd92::1/64".parse().expect("cidr"),
-        ],
-        mtu: 1420,
-        wan: vec![wan.to_owned()],
-        xdp_mode: ModePolicy::Auto,
-        per_packet: false,
-        cpus: None,
-        mss: None,
-        rekey_after_time: None,
-    }
-}
 
 /// Every one of 5 echo requests answered (`ping -c` alone succeeds on one).
 fn ping_ok(ns: &Netns, addr: &str) -> bool {
@@ -93,7 +71,8 @@ fn interop(which: Impl) {
         ],
         persistent_keepalive: None,
     };
-    let app = Appliance::start(&gw, spec(&ifname, gw_key, peer, &veth.a)).expect("wg-appliance up");
+    let app =
+        Appliance::start(&gw, gw_spec(&ifname, gw_key, peer, &veth.a)).expect("wg-appliance up");
 
     // The third party initiates (it has our endpoint); ICMP both families;
     // then requests from our side.
