@@ -28,31 +28,24 @@
 //! back after storing the tag, open leaves the tag in place, so every
 //! repetition sees the same length and does the same work.
 //!
-//! The chunk loop is the one a data-path program needs: the header is one
-//! 64-byte load, each chunk is `bpf_xdp_load_bytes` into the per-CPU scratch,
-//! the chunk function, `bpf_xdp_store_bytes` back; the tail goes through the
-//! same buffer with a length the verifier sees bounded to 1..=63.
+//! After the header (one 64-byte load into the per-CPU scratch) they run the
+//! data path's own chunk loop, `aead_glue::crypt_started`: what is tested and
+//! timed here is what the tunnel runs.
 
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
     helpers::{bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
-    macros::{map, xdp},
-    maps::PerCpuArray,
+    macros::xdp,
     programs::XdpContext,
 };
-use wg_ebpf_common::aead::{AeadScratch, CHUNK_LEN, MAX_PAYLOAD, TAG_LEN};
+use wg_ebpf_common::aead::{CHUNK_LEN, MAX_PAYLOAD, TAG_LEN};
 
-/// AEAD working state, one per CPU: too big for the 512-byte stack next to
-/// the spilled ChaCha20 state.
-#[map]
-static AEAD_TEST_SCRATCH: PerCpuArray<AeadScratch> = PerCpuArray::with_max_entries(1, 0);
+use crate::{aead_glue::crypt_started, maps::AEAD_SCRATCH};
 
 const HDR_LEN: u32 = 64;
 const MAX_AAD: u32 = 16;
 const KEEP_LEN: u32 = 1;
-/// Full chunks in the largest payload; the loop bound the verifier walks.
-const MAX_CHUNKS: u32 = (MAX_PAYLOAD / CHUNK_LEN) as u32;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -93,6 +86,14 @@ fn store(ctx: &XdpContext, off: u32, src: *mut u32, len: u32) -> Result<(), ()> 
 }
 
 #[inline(always)]
+fn crypt_started_dir(ctx: &XdpContext, dir: Dir, off: usize, len: usize) -> bool {
+    match dir {
+        Dir::Seal => crypt_started::<true>(ctx, off, len),
+        Dir::Open => crypt_started::<false>(ctx, off, len),
+    }
+}
+
+#[inline(always)]
 fn run(ctx: &XdpContext, dir: Dir) -> Result<u32, ()> {
     let pkt_len = (ctx.data_end() - ctx.data()) as u32;
     let trailer = if dir == Dir::Open { TAG_LEN as u32 } else { 0 };
@@ -101,9 +102,8 @@ fn run(ctx: &XdpContext, dir: Dir) -> Result<u32, ()> {
     }
     let msg_len = pkt_len - HDR_LEN - trailer;
 
-    let s = AEAD_TEST_SCRATCH.get_ptr_mut(0).ok_or(())?;
-    // SAFETY: per-CPU map value, used by this program only, and XDP does
-    // not nest on a CPU.
+    let s = AEAD_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU map value, and XDP does not nest on a CPU.
     let s = unsafe { &mut *s };
 
     let buf = s.buf.as_mut_ptr();
@@ -124,32 +124,10 @@ fn run(ctx: &XdpContext, dir: Dir) -> Result<u32, ()> {
         s.aad(aad_len);
     }
 
-    let full = msg_len / CHUNK_LEN as u32;
-    let mut i = 0;
-    while i < MAX_CHUNKS {
-        if i >= full {
-            break;
-        }
-        let off = HDR_LEN + i * CHUNK_LEN as u32;
-        load(ctx, off, buf, CHUNK_LEN as u32)?;
-        match dir {
-            Dir::Seal => s.seal_chunk(),
-            Dir::Open => s.open_chunk(),
-        }
-        store(ctx, off, buf, CHUNK_LEN as u32)?;
-        i += 1;
+    // The data path's own chunk loop and finish.
+    if !crypt_started_dir(ctx, dir, HDR_LEN as usize, msg_len as usize) {
+        return Err(());
     }
-    let rem = msg_len & (CHUNK_LEN as u32 - 1);
-    if rem != 0 {
-        let off = HDR_LEN + full * CHUNK_LEN as u32;
-        load(ctx, off, buf, rem)?;
-        match dir {
-            Dir::Seal => s.seal_partial(rem),
-            Dir::Open => s.open_partial(rem),
-        }
-        store(ctx, off, buf, rem)?;
-    }
-    s.finish();
 
     let tag_off = HDR_LEN + msg_len;
     match dir {

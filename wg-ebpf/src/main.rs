@@ -8,6 +8,9 @@
 //! `RxPackets`, so the counters always add up.
 #![no_std]
 #![no_main]
+// Inline asm for the unaligned 8-byte packet loads and stores of the AEAD
+// chunk loop (aead_glue): LLVM has no other way to emit them for BPF.
+#![feature(asm_experimental_arch)]
 
 mod aead_test;
 
