@@ -8,7 +8,10 @@ use std::time::Duration;
 use wg_appliance_tests::{
     proc::{iperf3, Bg, Proto},
     require_netns,
-    topo::{PeerKind, Tunnel, GW_IN4, GW_IN6, PEER_IN4, PEER_IN6, PEER_OUT4, THIRD_PARTY_PORT},
+    topo::{
+        PeerKind, Tunnel, GW_IN4, GW_IN6, PEER_IN4, PEER_IN6, PEER_OUT4, PEER_OUT6,
+        THIRD_PARTY_PORT,
+    },
     Netns,
 };
 use wg_ebpf_common::Counter;
@@ -40,13 +43,30 @@ fn ping_summary(out: &str) -> (u32, u32) {
 /// A new address costs at most one more packet: the first reply to it finds no
 /// neighbour entry (`bpf_fib_lookup` NO_NEIGH), is dropped, and has the
 /// daemon ask the kernel to resolve the address; XDP cannot queue it.
+///
+/// Outer IPv6 when `new_addr` is an IPv6 address: the same with an `ip6`
+/// table, and pings to the gateway's inner IPv6 address.
 fn roaming(new_addr: &str) {
     wg_appliance_tests::init_logging();
     require_netns!(&format!("tunnel_roaming to {new_addr}"));
-    let mut t = Tunnel::new(PeerKind::WireguardGo, false, |_| {}, |_| {}).expect("topology");
-    if new_addr != PEER_OUT4 {
+    let v6 = new_addr.contains(':');
+    let (old_addr, family, prefix, ping_to) = if v6 {
+        (PEER_OUT6, "ip6", 64, GW_IN6)
+    } else {
+        (PEER_OUT4, "ip", 24, GW_IN4)
+    };
+    let mut t = Tunnel::new(PeerKind::WireguardGo, v6, |_| {}, |_| {}).expect("topology");
+    let new_host = new_addr != old_addr;
+    if new_host {
         t.peer_ns
-            .ip(&["addr", "add", &format!("{new_addr}/24"), "dev", &t.veth.b])
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{new_addr}/{prefix}"),
+                "dev",
+                &t.veth.b,
+                "nodad",
+            ])
             .expect("second address");
     }
     t.warm_up().expect("handshake");
@@ -57,17 +77,17 @@ fn roaming(new_addr: &str) {
     let ping = Bg::spawn(
         &t.peer_ns,
         "ping",
-        &["-c", "60", "-i", "0.05", "-W", "1", GW_IN4],
+        &["-c", "60", "-i", "0.05", "-W", "1", ping_to],
     )
     .expect("ping");
     std::thread::sleep(Duration::from_secs(1));
-    nft(&t.peer_ns, &["add", "table", "ip", "roam"]);
+    nft(&t.peer_ns, &["add", "table", family, "roam"]);
     nft(
         &t.peer_ns,
         &[
             "add",
             "chain",
-            "ip",
+            family,
             "roam",
             "post",
             "{",
@@ -81,13 +101,17 @@ fn roaming(new_addr: &str) {
             "}",
         ],
     );
-    let to = format!("{new_addr}:40000");
+    let to = if v6 {
+        format!("[{new_addr}]:40000")
+    } else {
+        format!("{new_addr}:40000")
+    };
     nft(
         &t.peer_ns,
         &[
             "add",
             "rule",
-            "ip",
+            family,
             "roam",
             "post",
             "oifname",
@@ -137,11 +161,7 @@ fn roaming(new_addr: &str) {
     // new conntrack entry there and is dropped (a property of NAT
     // rebinding, not of the appliance). A new address may cost one more
     // packet (see above).
-    let (max_lost, max_no_route) = if new_addr == PEER_OUT4 {
-        (1, 0)
-    } else {
-        (2, 2)
-    };
+    let (max_lost, max_no_route) = if new_host { (2, 2) } else { (1, 0) };
     assert!(
         got + max_lost >= sent,
         "pings lost across the rebinding: {got}/{sent}"
@@ -175,6 +195,16 @@ fn tunnel_roaming_port_change() {
 #[test]
 fn tunnel_roaming_address_change() {
     roaming("10.91.0.3");
+}
+
+#[test]
+fn tunnel_roaming_port_change_outer_v6() {
+    roaming(PEER_OUT6);
+}
+
+#[test]
+fn tunnel_roaming_address_change_outer_v6() {
+    roaming("fd91::3");
 }
 
 /// wg-appliance ↔ wg-appliance with the gateway as initiator and
