@@ -420,7 +420,7 @@ impl Daemon {
             };
             // The sessions the data path holds for this peer: the sending
             // one is current, the others previous (newest first).
-            let current = d.dp.peer(id).map(|p| p.current_index).unwrap_or(0);
+            let current = d.dp.current(id).unwrap_or(0);
             let mut sessions: Vec<(u32, BpfSession)> =
                 d.dp.sessions()?
                     .into_iter()
@@ -839,6 +839,7 @@ impl Daemon {
             self.by_index.remove(&i);
             self.dp.remove_session(i)?;
         }
+        self.dp.set_current(id, 0)?;
         self.dp.set_peer(id, &BpfPeer::default())?;
         if let Some(p) = self.peers.remove(&id) {
             tracing::info!(peer = %p.spec.public_key.short(), "peer removed");
@@ -863,13 +864,17 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes peer `id`'s data-path slot (endpoint, flags); keeps the
-    /// current session and what roaming learnt unless the endpoint changed.
+    /// Writes peer `id`'s data-path slot (endpoint, flags); keeps what
+    /// roaming learnt unless the endpoint changed. Writes nothing when the
+    /// slot already says the same: the data path updates the slot on
+    /// roaming, and a write is a whole-slot read-modify-write that could put
+    /// back the old endpoint if a roam landed in between.
     fn write_peer(&mut self, id: u32) -> Result<(), DaemonError> {
         let Some(p) = self.peers.get(&id) else {
             return Ok(());
         };
-        let mut slot = self.dp.peer(id).unwrap_or_default();
+        let before = self.dp.peer(id).unwrap_or_default();
+        let mut slot = before;
         slot.flags = PEER_ACTIVE;
         if let Some(ep) = p.endpoint {
             let (family, addr) = match ep.ip() {
@@ -892,7 +897,9 @@ impl Daemon {
                 slot.ifindex = egress_ifindex(ep).unwrap_or(0);
             }
         }
-        self.dp.set_peer(id, &slot)?;
+        if slot != before {
+            self.dp.set_peer(id, &slot)?;
+        }
         Ok(())
     }
 
@@ -1345,14 +1352,8 @@ impl Daemon {
             return;
         }
         if flags & SESSION_CAN_SEND != 0 {
-            match self.dp.peer(id) {
-                Ok(mut slot) => {
-                    slot.current_index = kp.local_index();
-                    if let Err(e) = self.dp.set_peer(id, &slot) {
-                        tracing::warn!(error = %e, "activating the session failed");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "reading the peer slot failed"),
+            if let Err(e) = self.dp.set_current(id, kp.local_index()) {
+                tracing::warn!(error = %e, "activating the session failed");
             }
         }
     }

@@ -509,6 +509,23 @@ impl Datapath {
         peers.set(id, peer, 0).map_err(map_err("PEERS"))
     }
 
+    /// Sets the session peer `id` sends with (its local receiver index; 0:
+    /// none). One u32 in a map of its own, so it never overwrites what the
+    /// data path writes into the peer slot.
+    pub fn set_current(&mut self, id: u32, index: u32) -> Result<(), DatapathError> {
+        let mut m: Array<_, u32> =
+            Array::try_from(self.map_mut("PEER_CURRENT")?).map_err(map_err("PEER_CURRENT"))?;
+        m.set(id, index, 0).map_err(map_err("PEER_CURRENT"))
+    }
+
+    /// The session peer `id` sends with (0: none); the data path switches it
+    /// when a responder's session is confirmed.
+    pub fn current(&self, id: u32) -> Result<u32, DatapathError> {
+        let m: Array<_, u32> =
+            Array::try_from(self.map("PEER_CURRENT")?).map_err(map_err("PEER_CURRENT"))?;
+        m.get(&id, 0).map_err(map_err("PEER_CURRENT"))
+    }
+
     /// Reads a peer slot (the data path updates endpoints on roaming).
     pub fn peer(&self, id: u32) -> Result<Peer, DatapathError> {
         let peers: Array<_, Peer> =

@@ -78,6 +78,12 @@ pub const SESSION_CONFIRM_ON_RX: u32 = 4;
 pub const SESSION_INITIATOR: u32 = 8;
 
 /// Per-peer state the data path reads and writes. Index: peer id.
+///
+/// The session a peer sends with is not in here but in its own map
+/// (`PEER_CURRENT`, peer id → local receiver index, 0: none): the control
+/// plane switches it at every handshake, and as one u32 of its own that
+/// write cannot put back an endpoint the data path learnt from a roam in the
+/// same instant (a whole-slot read-modify-write could).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
@@ -87,8 +93,6 @@ pub struct Peer {
     /// Local address traffic to the endpoint leaves from (learnt from
     /// received packets; zero lets the FIB choose).
     pub local_addr: [u8; 16],
-    /// Receiver index of the session to send with (0: none).
-    pub current_index: u32,
     /// Endpoint UDP port, network byte order.
     pub endpoint_port: u16,
     /// 0 (no endpoint), 4 or 6.
@@ -265,7 +269,7 @@ mod tests {
             size_of::<Session>(),
             32 + 32 + 8 + 8 + REPLAY_WORDS * 8 + 8 + 16
         );
-        assert_eq!(size_of::<Peer>(), 16 + 16 + 4 + 2 + 2 + 4 + 4);
+        assert_eq!(size_of::<Peer>(), 16 + 16 + 2 + 2 + 4 + 4);
         assert_eq!(core::mem::align_of::<Session>(), 8);
         assert_eq!(size_of::<PeerStats>(), 64);
         assert_eq!(size_of::<EventHeader>(), 16);

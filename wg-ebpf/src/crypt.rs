@@ -33,7 +33,7 @@ use wg_ebpf_common::{
 use crate::{
     aead_glue::{open, seal},
     count, inner, load,
-    maps::{CONFIG, EVENTS, PEERS, PEER_STATS, SESSIONS, TUNNEL, TX_PORTS},
+    maps::{CONFIG, EVENTS, PEERS, PEER_CURRENT, PEER_STATS, SESSIONS, TUNNEL, TX_PORTS},
     read_be16, store,
     tunnel::{reject_after_ns, sendable_index},
     DROP,
@@ -260,9 +260,9 @@ fn rx_finish_inner(ctx: &XdpContext, plan: &RxPlan) -> Result<(Counter, u32), Co
     let peer_id = s.peer_id;
     if s.flags & SESSION_CAN_SEND == 0 && s.flags & SESSION_CONFIRM_ON_RX != 0 {
         s.flags |= SESSION_CAN_SEND;
-        if let Some(pp) = PEERS.get_ptr_mut(peer_id) {
+        if let Some(pp) = PEER_CURRENT.get_ptr_mut(peer_id) {
             // SAFETY: a live map value.
-            unsafe { (*pp).current_index = plan.receiver };
+            unsafe { core::ptr::write_volatile(pp, plan.receiver) };
         }
     }
     let o = parse_outer(ctx).map_err(|_| Counter::DropInternal)?;
@@ -359,7 +359,7 @@ struct TxPlan {
     peer_id: u32,
     /// Local index of the session the counter was reserved in: the seal
     /// and the header must use that same session. Re-reading the peer's
-    /// `current_index` instead raced with a rekey switching it (key of one
+    /// current index (`PEER_CURRENT`) instead raced with a rekey switching it (key of one
     /// session, receiver index of the other: the peer's tag check failed;
     /// or a counter of one session used with the other's key).
     index: u32,
@@ -418,9 +418,7 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     if peer.endpoint_family == 0 {
         return Err(Counter::DropNoEndpoint);
     }
-    // One read of the index: the control plane may switch it any time.
-    // SAFETY: an aligned u32 inside a live map value.
-    let index = unsafe { core::ptr::read_volatile(&peer.current_index) };
+    let index = crate::maps::current_index(peer_id);
     let sp = sendable_index(cfg, index).ok_or(Counter::DropSessionExpired)?;
     // SAFETY: a live map value; the counter is reserved atomically.
     let counter = unsafe { wg_ebpf_common::atomic::fetch_add_u64(&mut (*sp).send_counter, 1) };

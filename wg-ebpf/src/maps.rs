@@ -35,9 +35,25 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUN
 pub static SESSIONS: HashMap<u32, Session> =
     HashMap::with_max_entries(MAX_SESSIONS, BPF_F_NO_PREALLOC);
 
-/// Peer id → endpoint and current session.
+/// Peer id → endpoint.
 #[map]
 pub static PEERS: Array<Peer> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// Peer id → local index of the session it sends with (0: none); see
+/// `wg_ebpf_common::maps::Peer` on why this is a map of its own.
+#[map]
+pub static PEER_CURRENT: Array<u32> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// The session peer `peer_id` sends with (0: none), read once: the control
+/// plane may switch it at any time.
+#[inline(always)]
+pub fn current_index(peer_id: u32) -> u32 {
+    match PEER_CURRENT.get_ptr(peer_id) {
+        // SAFETY: an aligned u32 inside a live map value.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
 
 /// Peer id → traffic counters, per CPU.
 #[map]

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use wg_ebpf_common::{
     maps::{
-        ControlFrame, EventHeader, Peer, Session, TunnelConfig, CONTROL_MAGIC_KEEPALIVE,
+        ControlFrame, EventHeader, Session, TunnelConfig, CONTROL_MAGIC_KEEPALIVE,
         ETH_P_WG_CONTROL, EVENT_NO_SESSION, EVENT_PACKET_MAX, SESSION_CAN_SEND,
     },
     wire::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
@@ -57,10 +57,10 @@ pub fn reject_after_ns(cfg: &TunnelConfig) -> u64 {
     secs * 1_000_000_000
 }
 
-/// The session `peer` sends with, if it may send now.
+/// The session peer `peer_id` sends with, if it may send now.
 #[inline(always)]
-pub fn sendable_session(cfg: &TunnelConfig, peer: &Peer) -> Option<*mut Session> {
-    sendable_index(cfg, peer.current_index)
+pub fn sendable_session(cfg: &TunnelConfig, peer_id: u32) -> Option<*mut Session> {
+    sendable_index(cfg, crate::maps::current_index(peer_id))
 }
 
 /// The session with local index `index`, if it may send now.
@@ -116,7 +116,7 @@ fn try_tun_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
     if peer.endpoint_family == 0 {
         return Err(Counter::DropNoEndpoint);
     }
-    if sendable_session(cfg, peer).is_none() {
+    if sendable_session(cfg, peer_id).is_none() {
         if proto == ETH_P_WG_CONTROL {
             return Err(Counter::DropSessionExpired);
         }
