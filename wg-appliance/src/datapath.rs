@@ -683,6 +683,15 @@ impl Datapath {
         ))
     }
 
+    /// One counter, summed over CPUs: one map lookup, where
+    /// [`Datapath::counters`] makes one per counter.
+    pub fn counter(&self, c: Counter) -> Result<u64, DatapathError> {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map("STATS")?).map_err(map_err("STATS"))?;
+        let per_cpu = stats.get(&(c as u32), 0).map_err(map_err("STATS"))?;
+        Ok(per_cpu.iter().sum())
+    }
+
     /// All counters, one value per possible CPU (index = CPU number).
     pub fn counters_per_cpu(&self) -> Result<BTreeMap<Counter, Vec<u64>>, DatapathError> {
         let stats: PerCpuArray<_, u64> =
