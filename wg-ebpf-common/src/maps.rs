@@ -7,7 +7,10 @@
 //!
 //! Sizing:
 //! - `MAX_PEERS` = 16,384: the design asks for at least 10,000 peers with
-//!   room to grow; peers live in an array indexed by a dense peer id.
+//!   room to grow; peers live in an array indexed by a dense peer id
+//!   (`PEERS`, 44 bytes a slot, 704 KiB; `PEER_CURRENT`, the sending
+//!   session's index, 4 bytes a slot, 64 KiB; `PEER_STATS`, 64 bytes a slot
+//!   per CPU).
 //! - `MAX_SESSIONS` = 3 per peer (previous, current, next, as WireGuard keeps
 //!   them) = 49,152. A session is about 1.1 KiB (the 8,192-bit replay window
 //!   dominates), so the hash map is created without preallocation: memory
