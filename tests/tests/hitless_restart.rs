@@ -236,6 +236,20 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
             && leftovers("/run/wg-appliance/state").is_empty()
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", leftovers("/run/wg-appliance/bpf")));
+    // The namespace's own directories go with its last interface.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(format!("/var/run/netns/{}", gw.name()))
+            .expect("netns")
+            .ino();
+        for root in ["/run/wg-appliance/bpf", "/run/wg-appliance/state"] {
+            let d = format!("{root}/{ino}");
+            assert!(
+                !std::path::Path::new(&d).exists(),
+                "{d} left behind after down"
+            );
+        }
+    }
     let wan = String::from_utf8_lossy(&gw.ip(&["link", "show", &veth.a]).expect("wan").stdout)
         .into_owned();
     assert!(

@@ -1656,6 +1656,7 @@ impl Daemon {
         self.dp.unpin();
         if let Some(p) = &self.state_path {
             let _ = std::fs::remove_file(p);
+            crate::persist::remove_empty_parent(p);
         }
         drop(self);
         if let Err(e) = link::delete(&handle, &name).await {

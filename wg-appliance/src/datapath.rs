@@ -238,7 +238,11 @@ impl Datapath {
         // Only called for a data path loaded afresh: whatever is pinned there
         // belongs to an interface that no longer exists.
         let _ = std::fs::remove_dir_all(dir);
+        // A second try: a daemon of another interface in this namespace
+        // going down removes the (then empty) namespace directory, and can
+        // do so between create_dir_all's parent and child.
         std::fs::create_dir_all(dir)
+            .or_else(|_| std::fs::create_dir_all(dir))
             .map_err(|e| DatapathError::Pin(format!("creating {}: {e}", dir.display())))?;
         let mut r = Ok(());
         for (name, map) in &self.maps {
@@ -324,6 +328,7 @@ impl Datapath {
     pub fn unpin(&self) {
         if let Some(dir) = &self.pins {
             let _ = std::fs::remove_dir_all(dir);
+            crate::persist::remove_empty_parent(dir);
         }
     }
 

@@ -126,6 +126,15 @@ pub fn sweep_stale() {
     }
 }
 
+/// Removes the directory holding `path` if it is empty now: the per-namespace
+/// directory of pins or state once its last interface is gone. (A
+/// non-empty directory stays; `remove_dir` refuses it.)
+pub fn remove_empty_parent(path: &Path) {
+    if let Some(p) = path.parent() {
+        let _ = std::fs::remove_dir(p);
+    }
+}
+
 /// Pin directory of interface `ifname` in this network namespace.
 pub fn pin_dir(ifname: &str) -> Result<PathBuf, String> {
     let ns = netns_id().ok_or("cannot read this thread's network namespace")?;
