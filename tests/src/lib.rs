@@ -39,22 +39,9 @@ pub fn unique_name(tag: &str) -> String {
     name
 }
 
-/// Runs a command, failing with its stderr when it exits non-zero.
-pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {cmd}: is it installed? (cargo xtask setup)"))?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
-}
+/// Runs a command, failing with its stderr when it exits non-zero (the
+/// bench lab's runner: one definition for the product and the tests).
+pub use wg_appliance::bench::lab::run;
 
 /// A network namespace owned by the test; deleted on drop.
 pub struct Netns {

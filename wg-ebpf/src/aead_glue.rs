@@ -93,6 +93,21 @@ unsafe fn chunk<const SEAL: bool>(i: u64, c: *mut c_void) -> i64 {
 /// below this.
 const MAX_CHUNK_OFF: u64 = 2048;
 
+/// Invokes `$m!(k, 8k)` for the eight 8-byte words of a chunk (asm offsets
+/// must be literals).
+macro_rules! eight_words {
+    ($m:ident) => {
+        $m!(0, 0);
+        $m!(1, 8);
+        $m!(2, 16);
+        $m!(3, 24);
+        $m!(4, 32);
+        $m!(5, 40);
+        $m!(6, 48);
+        $m!(7, 56);
+    };
+}
+
 /// Copies 64 packet bytes at `src` (any alignment) into the scratch buffer.
 ///
 /// LLVM splits an unaligned load into bytes for BPF (and the target feature
@@ -123,14 +138,7 @@ unsafe fn copy_in(src: *const u8, buf: &mut [u32; 16]) {
             }
         };
     }
-    word!(0, 0);
-    word!(1, 8);
-    word!(2, 16);
-    word!(3, 24);
-    word!(4, 32);
-    word!(5, 40);
-    word!(6, 48);
-    word!(7, 56);
+    eight_words!(word);
 }
 
 /// Copies the scratch buffer back to 64 packet bytes at `dst` (any
@@ -154,14 +162,7 @@ unsafe fn copy_out(buf: &[u32; 16], dst: *mut u8) {
             }
         };
     }
-    word!(0, 0);
-    word!(1, 8);
-    word!(2, 16);
-    word!(3, 24);
-    word!(4, 32);
-    word!(5, 40);
-    word!(6, 48);
-    word!(7, 56);
+    eight_words!(word);
 }
 
 #[inline(always)]
