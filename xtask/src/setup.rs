@@ -28,7 +28,7 @@ const APT_PACKAGES: &[&str] = &[
 /// boringtun-cli: the version whose quirks the tests know.
 const BORINGTUN_CLI_VERSION: &str = "0.7.1";
 /// bpf-linker: the release line that builds against the nightly's LLVM.
-const BPF_LINKER_VERSION: &str = "0.13";
+const BPF_LINKER_VERSION: &str = "0.13.0";
 
 struct Step {
     name: &'static str,
