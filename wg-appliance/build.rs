@@ -37,6 +37,10 @@ fn run() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=WG_APPLIANCE_SKIP_EBPF");
+    println!(
+        "cargo:rustc-env=WG_APPLIANCE_GIT_COMMIT={}",
+        git_commit(root)
+    );
 
     let target_dir = root.join("target").join("bpf");
     let obj = target_dir
@@ -70,6 +74,48 @@ fn run() -> anyhow::Result<()> {
     ensure_object(&obj)?;
     println!("cargo:rustc-env=WG_EBPF_OBJ={}", obj.display());
     Ok(())
+}
+
+/// The commit being built, for `--version` and the build-info metric:
+/// `$WG_APPLIANCE_GIT_COMMIT` when set (builds from a source tarball), else
+/// `git rev-parse`, else "unknown". Re-run when HEAD or the branch moves.
+fn git_commit(root: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=WG_APPLIANCE_GIT_COMMIT");
+    if let Ok(c) = env::var("WG_APPLIANCE_GIT_COMMIT") {
+        return c;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    // Re-run when a commit lands: HEAD, the branch's ref, packed refs.
+    for p in [
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--git-path", "packed-refs"]),
+        git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r])),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let p = Path::new(&p);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        };
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    commit
 }
 
 /// The outer cargo exports its own toolchain, flags and wrappers to build

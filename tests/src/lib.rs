@@ -48,9 +48,28 @@ pub struct Netns {
     name: String,
 }
 
+/// Mounts the appliance's BPF file system on the host side (this process's
+/// mount namespace), once, before any daemon starts: a daemon that runs
+/// under `ip netns exec` and mounts it itself loses its pins when it exits,
+/// and PID 1's mount namespace cannot always be entered (see
+/// `wg_appliance::persist`). Setup and the systemd unit do the same.
+pub fn ensure_host_bpffs() -> Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = wg_appliance::persist::bpffs_dir();
+        if wg_appliance::persist::is_bpffs(&dir) {
+            return Ok(());
+        }
+        wg_appliance::persist::mount_bpffs(&dir)
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 impl Netns {
     pub fn new() -> Result<Self> {
         sweep_stale();
+        ensure_host_bpffs()?;
         let name = unique_name("");
         run("ip", &["netns", "add", &name])?;
         let ns = Self { name };

@@ -454,3 +454,183 @@ fn bad_configs_are_refused_with_the_fix() {
     let _ = std::fs::remove_file(&bad);
     let _ = std::fs::remove_file(&open);
 }
+
+/// The Debian package `cargo xtask package` built (`$WG_TEST_DEB`, else the
+/// newest in target/debian).
+fn packaged_deb() -> PathBuf {
+    if let Some(p) = std::env::var_os("WG_TEST_DEB") {
+        return PathBuf::from(p);
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no .deb in {}. Fix: cargo xtask package (cargo xtask test builds it first)",
+                dir.display()
+            )
+        })
+}
+
+/// What an operator gets from the .deb: unpacked into a scratch root (as
+/// `dpkg -i` would lay it out), the packaged binary brings a tunnel up from a
+/// wg-quick file against wireguard-go and carries traffic; the unit, the man
+/// page, the completions and the config directory are where Debian expects
+/// them.
+#[test]
+fn debian_package_unpacks_and_runs_against_wireguard_go() {
+    if let Some(why) = netns_unavailable() {
+        skip("debian_package_unpacks_and_runs_against_wireguard_go", &why);
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let deb = packaged_deb();
+    let scratch = std::env::temp_dir().join(format!("wgt-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).expect("scratch root");
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(scratch.clone());
+    let deb_s = deb.to_str().expect("deb path");
+    wg_appliance_tests::run("dpkg-deb", &["-x", deb_s, scratch.to_str().expect("path")])
+        .expect("dpkg-deb -x");
+    let field = |f: &str| {
+        stdout(wg_appliance_tests::run("dpkg-deb", &["-f", deb_s, f]).expect("dpkg-deb -f"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Package"), "wg-appliance");
+    assert_eq!(field("Version"), wg_appliance::build_info::VERSION);
+    assert!(field("Depends").contains("libc6"), "{}", field("Depends"));
+
+    let mode = |rel: &str| {
+        std::fs::metadata(scratch.join(rel))
+            .unwrap_or_else(|e| panic!("{rel} missing from the package: {e}"))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("usr/bin/wg-appliance"), 0o755);
+    assert_eq!(
+        mode("etc/wireguard"),
+        0o700,
+        "config directory is root-only"
+    );
+    let unit = std::fs::read_to_string(scratch.join("lib/systemd/system/wg-appliance@.service"))
+        .expect("systemd unit");
+    let exec_start = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let exe = exec_start
+        .split_whitespace()
+        .next()
+        .expect("ExecStart binary");
+    assert!(
+        scratch.join(exe.trim_start_matches('/')).exists(),
+        "the unit runs {exe}, which the package does not ship"
+    );
+    assert!(
+        unit.contains("mount -t bpf"),
+        "the unit mounts the pin file system on the host side"
+    );
+    let man = wg_appliance_tests::run(
+        "gzip",
+        &[
+            "-dc",
+            scratch
+                .join("usr/share/man/man8/wg-appliance.8.gz")
+                .to_str()
+                .expect("path"),
+        ],
+    )
+    .expect("man page");
+    let man = stdout(man);
+    assert!(
+        man.contains(".TH") && man.contains("genkey"),
+        "man page: {man:.300}"
+    );
+    assert!(
+        scratch
+            .join("usr/share/man/man8/wg-appliance-up.8.gz")
+            .exists(),
+        "a page per command"
+    );
+    for (rel, needle) in [
+        (
+            "usr/share/bash-completion/completions/wg-appliance",
+            "wg-appliance",
+        ),
+        (
+            "usr/share/zsh/vendor-completions/_wg-appliance",
+            "#compdef wg-appliance",
+        ),
+        (
+            "usr/share/fish/vendor_completions.d/wg-appliance.fish",
+            "complete -c wg-appliance",
+        ),
+    ] {
+        let text = std::fs::read_to_string(scratch.join(rel)).expect(rel);
+        assert!(text.contains(needle), "{rel}");
+    }
+
+    let bin = scratch.join("usr/bin/wg-appliance");
+    let b = bin.to_str().expect("bin");
+    let version = stdout(wg_appliance_tests::run(b, &["--version"]).expect("--version"));
+    assert!(
+        version.contains(wg_appliance::build_info::VERSION)
+            && version.contains("commit ")
+            && version.contains("BPF object "),
+        "{version}"
+    );
+
+    let l = lab();
+    let ifname = unique_name("d");
+    let gw_key = PrivateKey::generate();
+    let peer_key = PrivateKey::generate();
+    let conf = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.95.0.1/24\n\n[Appliance]\nMetrics = off\nWAN = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.95.0.2/32\n",
+        &*gw_key.to_base64(),
+        l.veth.a,
+        peer_key.public_key().to_base64()
+    );
+    let path = write_conf(&ifname, &conf, 0o600);
+    let _guard = DaemonGuard(ifname.clone());
+    l.gw.exec(b, &["up", path.to_str().expect("path")])
+        .expect("packaged wg-appliance up");
+    let tp = ThirdParty::start(
+        Impl::WireguardGo,
+        &l.peer_ns,
+        &peer_key,
+        51821,
+        "10.95.0.2/24",
+    )
+    .expect("wireguard-go");
+    tp.add_peer(
+        &l.peer_ns,
+        &gw_key.public_key(),
+        Some("10.96.0.1:51820"),
+        "10.95.0.1/32",
+    )
+    .expect("peer");
+    assert!(
+        ping_all(&l.peer_ns, "10.95.0.1"),
+        "ping through the packaged binary"
+    );
+    l.gw.exec(b, &["down", &ifname]).expect("down");
+    assert!(
+        l.gw.ip(&["link", "show", &ifname]).is_err(),
+        "interface still there after down"
+    );
+    let _ = std::fs::remove_file(format!("/var/log/wg-appliance/{ifname}.log"));
+}

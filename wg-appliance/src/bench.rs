@@ -309,10 +309,14 @@ pub struct Settings {
     pub hs_peers: usize,
     pub hs_window: usize,
     pub baseline: Option<Variant>,
+    /// Not in the JSON: committed results name binaries by version, never
+    /// by a path of the machine that ran them.
+    #[serde(skip)]
     pub appliance_bin: PathBuf,
     pub per_packet_cpus: String,
     pub mtu: u16,
     pub extra_peers: usize,
+    #[serde(skip)]
     pub out: PathBuf,
 }
 

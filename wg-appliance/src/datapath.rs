@@ -30,6 +30,11 @@ use wg_ebpf_common::{
 /// The BPF object built from `wg-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WG_EBPF_OBJ"));
 
+/// The embedded BPF object (empty in a build without BPF programs).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Program names in the object.
 pub const WAN_RX: &str = "wan_rx";
 pub const TUN_TX: &str = "tun_tx";

@@ -7,6 +7,7 @@
 
 pub mod allowed_ips;
 pub mod bench;
+pub mod build_info;
 pub mod config;
 pub mod cookie;
 pub mod daemon;

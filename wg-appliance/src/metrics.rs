@@ -183,10 +183,14 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
     gauge_vec(
         &reg,
         "wg_appliance_build_info",
-        "Build information",
-        &["version"],
+        "Build information: version, git commit and a hash of the embedded BPF object (always 1)",
+        &["version", "commit", "bpf_object"],
     )?
-    .with_label_values(&[env!("CARGO_PKG_VERSION")])
+    .with_label_values(&[
+        crate::build_info::VERSION,
+        crate::build_info::GIT_COMMIT,
+        crate::build_info::bpf_object_hash(),
+    ])
     .set(1);
 
     let mut out = Vec::new();

@@ -10,8 +10,16 @@
 //!   (it holds the private key), in a directory only root can enter.
 //!
 //! `ip netns exec` gives a process a private mount namespace, where a BPF
-//! file system mounted dies with the process; [`enter_host_mount_ns`] moves
-//! the daemon into PID 1's mount namespace first, so the pins persist.
+//! file system mounted dies with the process. [`enter_host_mount_ns`] moves
+//! the daemon into PID 1's mount namespace first where the kernel lets it;
+//! where it does not (containers, VMs whose PID 1 hides its namespaces), the
+//! BPF file system must be mounted on the host side before the daemon starts
+//! (`cargo xtask setup`, the systemd unit and the test harness do that), and
+//! [`pin_lifetime`] tells the daemon whether its pins will outlive it, so it
+//! can say so instead of silently losing hitless restart.
+//!
+//! The root is `/run/wg-appliance`, or `$WG_APPLIANCE_RUN_DIR` when set (a
+//! second appliance tree on one host, and the tests' scratch trees).
 
 use std::{
     fmt::Write as _,
@@ -28,8 +36,29 @@ use crate::{
     keys::{PresharedKey, PrivateKey, PublicKey},
 };
 
+/// The default root of pins and saved state.
 pub const RUN_DIR: &str = "/run/wg-appliance";
+/// Environment variable that moves the root elsewhere.
+pub const RUN_DIR_ENV: &str = "WG_APPLIANCE_RUN_DIR";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether this process mounted the pin file system itself (see
+/// [`pin_lifetime`]).
+static MOUNTED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The root of pins and saved state: `$WG_APPLIANCE_RUN_DIR` or
+/// `/run/wg-appliance`.
+pub fn run_dir() -> PathBuf {
+    match std::env::var_os(RUN_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(RUN_DIR),
+    }
+}
+
+/// Where the BPF file system for pins is mounted.
+pub fn bpffs_dir() -> PathBuf {
+    run_dir().join("bpf")
+}
 
 /// The calling thread's network namespace, as an nsfs inode number.
 pub fn netns_id() -> Option<u64> {
@@ -38,7 +67,8 @@ pub fn netns_id() -> Option<u64> {
         .map(|m| m.ino())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is the root of (or inside) a BPF file system.
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
@@ -47,17 +77,26 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// The BPF file system for pins, mounted at `/run/wg-appliance/bpf` if no
-/// bpffs is there yet.
+/// The BPF file system for pins, mounted at `<run dir>/bpf` if no bpffs is
+/// there yet.
 pub fn bpffs() -> Result<PathBuf, String> {
-    let root = Path::new(RUN_DIR).join("bpf");
+    let root = bpffs_dir();
     if is_bpffs(&root) {
         return Ok(root);
     }
+    mount_bpffs(&root)?;
+    MOUNTED_HERE.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(root)
+}
+
+/// Mounts a BPF file system (mode 0700) at `root`, creating the directory.
+/// Used by the daemon and, on the host side before any daemon starts, by
+/// setup, the systemd unit's helper and the test harness.
+pub fn mount_bpffs(root: &Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&root)
+        .create(root)
         .map_err(|e| format!("creating {}: {e}", root.display()))?;
     let target =
         std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
@@ -78,7 +117,89 @@ pub fn bpffs() -> Result<PathBuf, String> {
             std::io::Error::last_os_error()
         ));
     }
-    Ok(root)
+    Ok(())
+}
+
+/// Whether the pins outlive the daemon, so that a restart adopts the
+/// running tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinLifetime {
+    /// The pin file system was there before the daemon (mounted on the host
+    /// side), or the daemon mounted it in a mount namespace that others
+    /// share: pins outlive the daemon.
+    OutlivesDaemon,
+    /// The daemon mounted the pin file system in a mount namespace of its
+    /// own (`ip netns exec` where PID 1's namespace cannot be entered): the
+    /// pins die with the daemon and a restart cannot adopt the tunnel. The
+    /// string says why and how to fix it.
+    DiesWithDaemon(String),
+    /// The data path is not pinned at all (pinning failed); the string is
+    /// the error.
+    NotPinned(String),
+}
+
+impl PinLifetime {
+    /// 1 when a restart can adopt the running tunnel, for the metric.
+    pub fn hitless(&self) -> bool {
+        matches!(self, Self::OutlivesDaemon)
+    }
+
+    /// One line for `show` and the logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::OutlivesDaemon => {
+                "pinned; a restart of the daemon adopts the running tunnel".into()
+            }
+            Self::DiesWithDaemon(why) | Self::NotPinned(why) => {
+                format!("a restart of the daemon will NOT be hitless: {why}")
+            }
+        }
+    }
+}
+
+/// Judges the pins' lifetime after [`bpffs`] (call it once pins exist).
+pub fn pin_lifetime() -> PinLifetime {
+    if !MOUNTED_HERE.load(std::sync::atomic::Ordering::Relaxed) {
+        return PinLifetime::OutlivesDaemon;
+    }
+    let ino = |p: &str| std::fs::metadata(p).ok().map(|m| m.ino());
+    let mine = ino("/proc/self/ns/mnt");
+    if mine.is_some() && mine == ino("/proc/1/ns/mnt") {
+        return PinLifetime::OutlivesDaemon;
+    }
+    if mine.is_some() && shares_mount_ns_with_others(mine) {
+        return PinLifetime::OutlivesDaemon;
+    }
+    let dir = bpffs_dir();
+    PinLifetime::DiesWithDaemon(format!(
+        "this daemon mounted the BPF file system at {dir} itself, inside a mount namespace of \
+         its own (ip netns exec?) that ends with it, and PID 1's cannot be entered here. \
+         Fix: mount it on the host side before starting the daemon: \
+         mkdir -p -m 0700 {dir} && mount -t bpf bpf {dir} \
+         (cargo xtask setup and the systemd unit do this)",
+        dir = dir.display()
+    ))
+}
+
+/// Whether a process other than this one and its parent (which waits for
+/// the daemon to be ready, then exits) lives in mount namespace `ns`.
+fn shares_mount_ns_with_others(ns: Option<u64>) -> bool {
+    let me = std::process::id();
+    let parent = std::os::unix::process::parent_id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != me
+            && pid != parent
+            && std::fs::metadata(p.path().join("ns/mnt"))
+                .ok()
+                .map(|m| m.ino())
+                == ns
+    })
 }
 
 /// Removes pin and state directories of network namespaces that no longer
@@ -110,7 +231,7 @@ pub fn sweep_stale() {
         live.insert(me);
     }
     for sub in ["bpf", "state"] {
-        let Ok(dirs) = std::fs::read_dir(Path::new(RUN_DIR).join(sub)) else {
+        let Ok(dirs) = std::fs::read_dir(run_dir().join(sub)) else {
             continue;
         };
         for d in dirs.flatten() {
@@ -146,7 +267,7 @@ pub fn pin_dir(ifname: &str) -> Result<PathBuf, String> {
 pub fn state_path(ifname: &str) -> Option<PathBuf> {
     let ns = netns_id()?;
     Some(
-        Path::new(RUN_DIR)
+        run_dir()
             .join("state")
             .join(ns.to_string())
             .join(format!("{ifname}.state")),

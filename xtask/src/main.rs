@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 
@@ -28,7 +29,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install everything the build, the tests and the demo need (idempotent).
-    Setup,
+    Setup {
+        /// Only check, cheaply, that setup would work on a fresh machine:
+        /// pinned versions parse as `cargo install` reads them, Debian
+        /// package names resolve (run by `cargo xtask test`).
+        #[arg(long, conflicts_with = "prove")]
+        check: bool,
+        /// Prove every install step where everything is already installed:
+        /// a simulated apt install after `apt-get update`, and every
+        /// cargo-installed tool built into a throwaway root with a fresh
+        /// CARGO_HOME (several minutes).
+        #[arg(long)]
+        prove: bool,
+    },
     /// Build the BPF programs (and the library that embeds them).
     BuildEbpf,
     /// Run the lab in network namespaces and show what the data path does.
@@ -44,6 +57,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build a Debian package (target/debian/wg-appliance_<version>_<arch>.deb):
+    /// the binary with its BPF object, the systemd unit, man pages,
+    /// completions, the config directory.
+    Package,
     /// Fuzz every wire parser (cargo-fuzz on the nightly).
     Fuzz {
         /// Seconds per target.
@@ -55,11 +72,14 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => setup::run(),
+        Task::Setup { check: true, .. } => setup::check(),
+        Task::Setup { prove: true, .. } => setup::prove(),
+        Task::Setup { .. } => setup::run(),
         Task::BuildEbpf => setup::ensure().and_then(|()| build_ebpf()),
         Task::Demo => setup::ensure().and_then(|()| demo::run_demo()),
         Task::Test | Task::Ci => setup::ensure().and_then(|()| test::run()),
         Task::Bench { args } => setup::ensure().and_then(|()| bench::run(&args)),
+        Task::Package => setup::ensure().and_then(|()| package::run().map(drop)),
         Task::Fuzz { seconds } => setup::ensure().and_then(|()| fuzz::run(seconds)),
     };
     if let Err(e) = result {

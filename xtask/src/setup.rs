@@ -2,7 +2,7 @@
 //! step checked first so a re-run with everything present takes seconds.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
@@ -25,10 +25,42 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
 ];
 
+/// Tools `cargo install` builds, each pinned to a full version: stable
+/// cargo (1.95) refuses a partial one such as `0.13` ("unexpected end of
+/// input while parsing minor version number"), which is how setup broke on
+/// fresh machines once. `cargo xtask setup --check` (run by `cargo xtask
+/// test`) parses every requirement the way `cargo install` does;
+/// `cargo xtask setup --prove` builds every tool into a throwaway root.
+struct CargoTool {
+    krate: &'static str,
+    /// The binary the crate installs (checked with `--version`).
+    bin: &'static str,
+    version: &'static str,
+    why: &'static str,
+}
+
+/// bpf-linker: the release line that builds against the nightly's LLVM 22.
+const BPF_LINKER: CargoTool = CargoTool {
+    krate: "bpf-linker",
+    bin: "bpf-linker",
+    version: "0.13.0",
+    why: "links the BPF object, built against the nightly's own libLLVM",
+};
+/// cargo-fuzz: runs the wire-parser fuzz targets on the nightly.
+const CARGO_FUZZ: CargoTool = CargoTool {
+    krate: "cargo-fuzz",
+    bin: "cargo-fuzz",
+    version: "0.13.2",
+    why: "fuzzes the wire parsers",
+};
 /// boringtun-cli: the version whose quirks the tests know.
-const BORINGTUN_CLI_VERSION: &str = "0.7.1";
-/// bpf-linker: the release line that builds against the nightly's LLVM.
-const BPF_LINKER_VERSION: &str = "0.13.0";
+const BORINGTUN_CLI: CargoTool = CargoTool {
+    krate: "boringtun-cli",
+    bin: "boringtun-cli",
+    version: "0.7.1",
+    why: "interop peer in the tests, the demo and the bench",
+};
+const CARGO_TOOLS: [&CargoTool; 3] = [&BPF_LINKER, &CARGO_FUZZ, &BORINGTUN_CLI];
 
 struct Step {
     name: &'static str,
@@ -51,22 +83,28 @@ const STEPS: &[Step] = &[
         fix: "rustup toolchain install nightly --profile minimal --component rust-src",
     },
     Step {
-        name: "bpf-linker (built against the nightly's own libLLVM)",
+        name: "bpf-linker 0.13.0 (built against the nightly's own libLLVM)",
         present: bpf_linker_present,
         install: bpf_linker_install,
         fix: "see the bpf-linker step in xtask/src/setup.rs; it needs the nightly toolchain first",
     },
     Step {
-        name: "cargo-fuzz (fuzzing the wire parsers)",
+        name: "cargo-fuzz 0.13.2 (fuzzing the wire parsers)",
         present: cargo_fuzz_present,
         install: cargo_fuzz_install,
-        fix: "cargo install cargo-fuzz --locked (needs crates.io)",
+        fix: "cargo install cargo-fuzz --version 0.13.2 --locked (needs crates.io)",
     },
     Step {
-        name: "boringtun-cli (interop peer) into ./tools/bin",
+        name: "boringtun-cli 0.7.1 (interop peer) into ./tools/bin",
         present: boringtun_present,
         install: boringtun_install,
         fix: "cargo install boringtun-cli --version 0.7.1 --root tools (needs crates.io)",
+    },
+    Step {
+        name: "BPF file system at /run/wg-appliance/bpf, mounted on the host side (pins outlive daemons run under ip netns exec)",
+        present: bpffs_present,
+        install: bpffs_install,
+        fix: "mkdir -p -m 0700 /run/wg-appliance/bpf && mount -t bpf bpf /run/wg-appliance/bpf",
     },
 ];
 
@@ -120,7 +158,7 @@ fn quiet(cmd: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn output(cmd: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn output(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .env("PATH", path_env())
@@ -136,7 +174,7 @@ fn output(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_loud(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run_loud(cmd: &mut Command) -> Result<()> {
     let desc = format!("{cmd:?}");
     let status = cmd
         .env("PATH", path_env())
@@ -213,10 +251,49 @@ fn bpf_linker_present() -> bool {
     quiet("bpf-linker", &["--version"])
 }
 
+/// Where a `cargo install` goes: the user's cargo (or ./tools), or a
+/// throwaway root with a fresh CARGO_HOME for `--prove`.
+#[derive(Clone, Copy)]
+struct InstallTarget<'a> {
+    root: Option<&'a Path>,
+    cargo_home: Option<&'a Path>,
+}
+
+impl InstallTarget<'_> {
+    const USER: InstallTarget<'static> = InstallTarget {
+        root: None,
+        cargo_home: None,
+    };
+}
+
+/// `cargo install <tool> --version <pinned>` with `extra` arguments and
+/// environment, into `target`.
+fn cargo_install(
+    tool: &CargoTool,
+    extra: &[&str],
+    env: &[(&str, String)],
+    target: InstallTarget,
+) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", tool.krate, "--version", tool.version])
+        .args(extra)
+        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
+    if let Some(root) = target.root {
+        cmd.arg("--root").arg(root);
+    }
+    if let Some(home) = target.cargo_home {
+        cmd.env("CARGO_HOME", home);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_loud(&mut cmd)
+}
+
 /// Builds bpf-linker against the libLLVM shipped inside the nightly
 /// toolchain, so no system LLVM is needed. The library name and the LLVM
 /// major version are read off the sysroot, never assumed.
-fn bpf_linker_install() -> Result<()> {
+fn bpf_linker_install_into(target: InstallTarget) -> Result<()> {
     let sysroot =
         PathBuf::from(output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])?.trim());
     let lib_dir = sysroot.join("lib");
@@ -247,19 +324,20 @@ fn bpf_linker_install() -> Result<()> {
     );
     let lib = lib_dir.display();
     let rustflags = format!("-C link-arg=-Wl,-rpath,{lib} -L {lib} -l dylib={llvm}");
-    run_loud(
-        Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--no-default-features",
-            ])
-            .args(["--features", &format!("llvm-{major},no-llvm-linking")])
-            .env("RUSTFLAGS", rustflags)
-            .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback"),
+    cargo_install(
+        &BPF_LINKER,
+        &[
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major},no-llvm-linking"),
+        ],
+        &[("RUSTFLAGS", rustflags)],
+        target,
     )
+}
+
+fn bpf_linker_install() -> Result<()> {
+    bpf_linker_install_into(InstallTarget::USER)
 }
 
 fn boringtun_present() -> bool {
@@ -268,17 +346,14 @@ fn boringtun_present() -> bool {
 
 fn boringtun_install() -> Result<()> {
     let tools = root().join("tools");
-    run_loud(
-        Command::new("cargo")
-            .args([
-                "install",
-                "boringtun-cli",
-                "--version",
-                BORINGTUN_CLI_VERSION,
-                "--root",
-            ])
-            .arg(&tools)
-            .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback"),
+    cargo_install(
+        &BORINGTUN_CLI,
+        &[],
+        &[],
+        InstallTarget {
+            root: Some(&tools),
+            cargo_home: None,
+        },
     )
 }
 
@@ -287,9 +362,155 @@ fn cargo_fuzz_present() -> bool {
 }
 
 fn cargo_fuzz_install() -> Result<()> {
-    run_loud(
-        Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked"])
-            .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback"),
+    cargo_install(&CARGO_FUZZ, &["--locked"], &[], InstallTarget::USER)
+}
+
+fn bpffs_dir() -> PathBuf {
+    PathBuf::from("/run/wg-appliance/bpf")
+}
+
+/// A BPF file system (magic 0xcafe4a11) is mounted at the pin root.
+fn bpffs_present() -> bool {
+    output(
+        "stat",
+        &["-f", "-c", "%t", &bpffs_dir().display().to_string()],
     )
+    .is_ok_and(|t| t.trim() == "cafe4a11")
+}
+
+fn bpffs_install() -> Result<()> {
+    let dir = bpffs_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    run_loud(Command::new("chmod").args(["0700"]).arg(&dir))?;
+    run_loud(
+        Command::new("mount")
+            .args(["-t", "bpf", "-o", "mode=0700", "bpf"])
+            .arg(&dir),
+    )
+}
+
+/// `cargo xtask setup --check`: the cheap proof that setup can still work on
+/// a fresh machine, for `cargo xtask test`: every pinned version parses the
+/// way `cargo install` parses it (`cargo install --list` parses the
+/// arguments and touches no registry), every Debian package name resolves,
+/// and the nightly offers rust-src.
+pub fn check() -> Result<()> {
+    let scratch = Scratch::new("check")?;
+    let mut problems = Vec::new();
+    for tool in CARGO_TOOLS {
+        let out = Command::new("cargo")
+            .args(["install", tool.krate, "--version", tool.version, "--list"])
+            .env("CARGO_HOME", scratch.path())
+            .env("PATH", path_env())
+            .output()
+            .context("cannot run cargo")?;
+        if out.status.success() {
+            println!(
+                "  ok  cargo install {} --version {} parses",
+                tool.krate, tool.version
+            );
+        } else {
+            problems.push(format!(
+                "`cargo install {} --version {}` is refused by this cargo: {}",
+                tool.krate,
+                tool.version,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    for pkg in APT_PACKAGES {
+        if quiet("apt-cache", &["show", "--no-all-versions", pkg]) {
+            println!("  ok  Debian package {pkg} resolves");
+        } else {
+            problems.push(format!(
+                "Debian package {pkg} does not resolve (apt-cache show {pkg}); after `apt-get update` it still must"
+            ));
+        }
+    }
+    let components =
+        output("rustup", &["component", "list", "--toolchain", "nightly"]).unwrap_or_default();
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        println!("  ok  the nightly toolchain offers rust-src");
+    } else {
+        problems.push("the nightly toolchain does not list rust-src (rustup component list --toolchain nightly)".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "setup would break on a fresh machine:\n  {}",
+            problems.join("\n  ")
+        )
+    }
+}
+
+/// `cargo xtask setup --prove`: every install step run for real where
+/// everything is already installed: `apt-get install --simulate` of every
+/// Debian package after `apt-get update`, and every cargo-installed tool
+/// built into a throwaway root with a fresh CARGO_HOME, then run with
+/// `--version`. Takes several minutes (the tools are compiled).
+pub fn prove() -> Result<()> {
+    let start = Instant::now();
+    check()?;
+    println!("==> apt-get update, then a simulated install of every Debian package");
+    run_loud(Command::new("apt-get").args(["update", "-q"]))?;
+    run_loud(
+        Command::new("apt-get")
+            .args(["install", "--simulate", "-q", "--no-install-recommends"])
+            .args(APT_PACKAGES),
+    )?;
+    nightly_install()?;
+    let scratch = Scratch::new("prove")?;
+    let home = scratch.path().join("cargo-home");
+    for tool in CARGO_TOOLS {
+        let t = Instant::now();
+        let root = scratch.path().join(tool.krate);
+        println!(
+            "==> cargo install {} --version {} into a throwaway root ({})",
+            tool.krate, tool.version, tool.why
+        );
+        let target = InstallTarget {
+            root: Some(&root),
+            cargo_home: Some(&home),
+        };
+        match tool.krate {
+            "bpf-linker" => bpf_linker_install_into(target)?,
+            "cargo-fuzz" => cargo_install(tool, &["--locked"], &[], target)?,
+            _ => cargo_install(tool, &[], &[], target)?,
+        }
+        let bin = root.join("bin").join(tool.bin);
+        let version = output(&bin.display().to_string(), &["--version"])
+            .with_context(|| format!("the freshly built {} does not run", tool.bin))?;
+        println!(
+            "  ok  {} built in {:.0?}: {}",
+            tool.krate,
+            t.elapsed(),
+            version.lines().next().unwrap_or("").trim()
+        );
+    }
+    println!("setup proven in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Result<Self> {
+        let p =
+            std::env::temp_dir().join(format!("wg-appliance-setup-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

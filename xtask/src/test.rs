@@ -70,13 +70,46 @@ pub fn run() -> Result<()> {
         ),
     ];
     let mut steps = Vec::new();
+    // Setup must keep working on a fresh machine, where nothing is
+    // installed yet: the cheap proof (`cargo xtask setup --check`).
+    let t = Instant::now();
+    println!("\n==> setup --check (pinned versions parse as cargo reads them, packages resolve)");
+    let ok = match crate::setup::check() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{e:#}");
+            false
+        }
+    };
+    steps.push(StepResult {
+        name: "setup --check".into(),
+        ok,
+        took: t.elapsed(),
+    });
     for (name, args) in checks {
         steps.push(step(name, args)?);
     }
 
+    // The Debian package (release build, shared with the demo below); a
+    // namespace test unpacks it and runs the packaged binary.
+    let t = Instant::now();
+    println!("\n==> cargo xtask package (the .deb the package test unpacks)");
+    let deb = match crate::package::run() {
+        Ok(deb) => Some(deb),
+        Err(e) => {
+            println!("packaging failed: {e:#}");
+            None
+        }
+    };
+    steps.push(StepResult {
+        name: "cargo xtask package (.deb)".into(),
+        ok: deb.is_some(),
+        took: t.elapsed(),
+    });
+
     let mut counts = Counts::default();
     let t = Instant::now();
-    let ok = cargo_test(&skip_log, &mut counts)?;
+    let ok = cargo_test(&skip_log, deb.as_deref(), &mut counts)?;
     steps.push(StepResult {
         name: "cargo test --workspace".into(),
         ok,
@@ -173,9 +206,17 @@ fn step(name: &str, args: &[&str]) -> Result<StepResult> {
 
 /// Runs the workspace tests, echoing their output and tallying the libtest
 /// summary lines ("test result: ok. 3 passed; 0 failed; 1 ignored; ...").
-fn cargo_test(skip_log: &std::path::Path, counts: &mut Counts) -> Result<bool> {
+fn cargo_test(
+    skip_log: &std::path::Path,
+    deb: Option<&std::path::Path>,
+    counts: &mut Counts,
+) -> Result<bool> {
     println!("\n==> cargo test --workspace (unit, property, BPF program and namespace tests)");
-    let mut child = Command::new("cargo")
+    let mut cmd = Command::new("cargo");
+    if let Some(deb) = deb {
+        cmd.env("WG_TEST_DEB", deb);
+    }
+    let mut child = cmd
         .args(["test", "--workspace", "--no-fail-fast", "--color", "never"])
         .current_dir(root())
         .env("PATH", path_env())

@@ -106,11 +106,8 @@ impl Machine {
             cpu_busy_before_pct: cpu_busy_pct(std::time::Duration::from_millis(500)),
             versions: Versions {
                 bench: env!("CARGO_PKG_VERSION").into(),
-                wg_appliance: format!(
-                    "{} ({})",
-                    version_of(&appliance_bin.display().to_string(), &["--version"]),
-                    appliance_bin.display()
-                ),
+                // By version (with commit and BPF object hash), never by path.
+                wg_appliance: version_of(&appliance_bin.display().to_string(), &["--version"]),
                 wireguard_go: version_of("wireguard-go", &["--version"]),
                 boringtun_cli: version_of(
                     &super::find_tool("boringtun-cli", appliance_bin),
