@@ -207,19 +207,39 @@ pub struct Skipped;
 
 /// Reports a skipped test: a banner on stderr and a line in the file named by
 /// `WG_TEST_SKIP_LOG` (set by `cargo xtask test`, which counts skips apart
-/// from passes and prints the reasons in its summary).
+/// from passes and prints the reasons in its summary). A skip that cannot be
+/// recorded panics: it would otherwise count as a pass.
 pub fn skip(test: &str, reason: &str) -> Skipped {
     eprintln!("\n!!!! SKIPPED {test}: {reason} !!!!\n");
-    if let Some(path) = std::env::var_os("WG_TEST_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{test}\t{reason}");
-        }
-    }
+    append_log("WG_TEST_SKIP_LOG", &format!("{test}\t{reason}"));
     Skipped
+}
+
+/// Reports that a test repeated an attempt (for a cause outside the code
+/// under test, said in `reason`): a banner and a line in the file named by
+/// `WG_TEST_RETRY_LOG`, which `cargo xtask test` lists in its summary.
+pub fn retried(test: &str, attempt: u32, reason: &str) {
+    eprintln!("\n!!!! RETRY {test}, attempt {attempt}: {reason} !!!!\n");
+    append_log("WG_TEST_RETRY_LOG", &format!("{test}\t{attempt}\t{reason}"));
+}
+
+/// Appends a line to the file named by environment variable `var`, if set;
+/// panics when it cannot (the summary would be wrong).
+fn append_log(var: &str, line: &str) {
+    let Some(path) = std::env::var_os(var) else {
+        return;
+    };
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = r {
+        panic!(
+            "cannot record `{line}` in {} ({var}): {e}",
+            std::path::Path::new(&path).display()
+        );
+    }
 }
 
 /// Returns why namespace tests cannot run on this machine, if they cannot:

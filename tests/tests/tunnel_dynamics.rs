@@ -60,10 +60,11 @@ fn roaming(new_addr: &str) {
         if roaming_attempt(new_addr) {
             return;
         }
-        eprintln!(
-            "!!! tunnel_roaming to {new_addr}, attempt {attempt}: the SNAT rule in the peer's \
-             namespace rewrote no packet (its flow was tracked before the rule); the gateway \
-             was not tested. Retrying on a fresh topology."
+        wg_appliance_tests::retried(
+            &format!("tunnel_roaming to {new_addr}"),
+            attempt,
+            "the SNAT rule in the peer's namespace rewrote no packet (its flow was tracked \
+             before the rule); the gateway was not tested. Retrying on a fresh topology.",
         );
     }
     panic!("NAT rebinding to {new_addr} could not be set up in 3 attempts");

@@ -47,8 +47,12 @@ enum Task {
     /// Run the lab in network namespaces and show what the data path does.
     Demo,
     /// Run every check and test: fmt, clippy, unit, BPF program and namespace tests.
-    Test,
-    /// What CI runs (`.ci/run`): the same as `test`.
+    Test {
+        /// Fail on any skipped test (CI runs this on the target machine kind).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// What CI runs (`.ci/run`): `test --strict`.
     Ci,
     /// A/B benchmark of wg-appliance against wireguard-go and boringtun-cli
     /// (release build; `cargo xtask bench --help` for the flags).
@@ -77,7 +81,8 @@ fn main() {
         Task::Setup { .. } => setup::run(),
         Task::BuildEbpf => setup::ensure().and_then(|()| build_ebpf()),
         Task::Demo => setup::ensure().and_then(|()| demo::run_demo()),
-        Task::Test | Task::Ci => setup::ensure().and_then(|()| test::run()),
+        Task::Test { strict } => setup::ensure().and_then(|()| test::run(strict)),
+        Task::Ci => setup::ensure().and_then(|()| test::run(true)),
         Task::Bench { args } => setup::ensure().and_then(|()| bench::run(&args)),
         Task::Package => setup::ensure().and_then(|()| package::run().map(drop)),
         Task::Fuzz { seconds } => setup::ensure().and_then(|()| fuzz::run(seconds)),
