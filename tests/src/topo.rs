@@ -115,7 +115,7 @@ impl Tunnel {
             &[&format!("{PEER_OUT4}/24"), &format!("{PEER_OUT6}/64")],
         )?;
         // Frames redirected out of a veth need GRO on the receiving end
-        // (ARCHITECTURE.md, veth facts): the peer's end always, the
+        // (docs/architecture.md, veth facts): the peer's end always, the
         // gateway's end when the far side is an XDP appliance too.
         peer_ns.exec("ethtool", &["-K", &veth.b, "gro", "on"])?;
         if kind == PeerKind::Appliance {

@@ -40,7 +40,7 @@ fn interop(which: Impl) {
     )
     .expect("veth");
     // Redirected frames out of a veth need GRO (or XDP) on the receiving
-    // end; real NICs need nothing (ARCHITECTURE.md, veth facts).
+    // end; real NICs need nothing (docs/architecture.md, veth facts).
     peer_ns
         .exec("ethtool", &["-K", &veth.b, "gro", "on"])
         .expect("gro on");

@@ -3,7 +3,7 @@
 //! `wg0` is what the kernel and the user see (addresses, routes, MTU);
 //! `wg0x`, its veth peer, belongs to the appliance: `tun_tx` runs there and
 //! decrypted frames are redirected into it. Invariants set here, all of them
-//! needed by the data path (see ARCHITECTURE.md, veth facts):
+//! needed by the data path (see docs/architecture.md, veth facts):
 //! - `wg0` is NOARP (routed packets reach `wg0x` without neighbours) and has
 //!   no IPv6 link-local address (no ND/MLD chatter into the tunnel);
 //! - `wg0` has tx checksumming, scatter-gather, TSO and GSO off, so every

@@ -50,7 +50,7 @@ pub struct Session {
     pub recv_key: [u8; 32],
     pub send_key: [u8; 32],
     /// Next send counter; BPF reserves with an atomic fetch-add. The control
-    /// plane never encrypts with this session itself (see NOTES.md: it
+    /// plane never encrypts with this session itself (see docs/decisions.md: it
     /// injects packets that BPF encrypts), so a nonce is never used twice.
     pub send_counter: u64,
     /// One more than the greatest counter accepted (0: none yet).

@@ -403,7 +403,7 @@ pub struct Lab {
 impl Lab {
     /// Namespaces `a` and `b` and a veth between them with `out_a`/`out_b`
     /// (CIDR). GRO is on at both ends for every variant: the receiving veth
-    /// of XDP-redirected frames needs it (ARCHITECTURE.md, veth facts), and
+    /// of XDP-redirected frames needs it (docs/architecture.md, veth facts), and
     /// the wire is the same for all variants.
     pub fn new(out_a: &str, out_b: &str) -> Result<Self> {
         let a = Netns::new()?;

@@ -132,6 +132,18 @@ impl Machine {
     }
 }
 
+/// An argument as the JSON records it: an absolute path (the binary, `--out`,
+/// `--appliance-bin`) by its file name only, so committed results name no
+/// directory of the machine that ran them.
+fn without_machine_path(arg: &str) -> String {
+    match arg.strip_prefix('/') {
+        Some(_) => std::path::Path::new(arg)
+            .file_name()
+            .map_or_else(|| arg.to_owned(), |n| n.to_string_lossy().into_owned()),
+        None => arg.to_owned(),
+    }
+}
+
 /// One variant × workload.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -437,7 +449,7 @@ pub fn write_json(
             .map_or(0, |d| d.as_secs()),
         interrupted,
         loadavg_end: loadavg(),
-        command: std::env::args().collect(),
+        command: std::env::args().map(|a| without_machine_path(&a)).collect(),
         machine,
         settings,
         summary,
@@ -445,4 +457,17 @@ pub fn write_json(
     };
     let text = serde_json::to_string_pretty(&out)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn absolute_paths_become_file_names() {
+        assert_eq!(
+            super::without_machine_path("/work/main/target/release/wg-appliance"),
+            "wg-appliance"
+        );
+        assert_eq!(super::without_machine_path("--out"), "--out");
+        assert_eq!(super::without_machine_path("tcp1,udp64"), "tcp1,udp64");
+    }
 }
