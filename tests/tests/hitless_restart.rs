@@ -28,6 +28,17 @@ impl Daemon {
         conf: &std::path::Path,
         log: std::path::PathBuf,
     ) -> Self {
+        Self::start_with_env(ns, bin, conf, log, &[])
+    }
+
+    /// `env` entries (`NAME=value`) go before the command.
+    fn start_with_env(
+        ns: &Netns,
+        bin: &std::path::Path,
+        conf: &std::path::Path,
+        log: std::path::PathBuf,
+        env: &[&str],
+    ) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new("ip")
             .args([
@@ -37,6 +48,7 @@ impl Daemon {
                 "env",
                 "WG_APPLIANCE_TEST_REKEY_AFTER_SECS=5",
             ])
+            .args(env)
             .arg(bin)
             .args(["up", "--foreground"])
             .arg(conf)
@@ -259,4 +271,186 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
     drop(second);
     drop(tp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scratch run directory (`WG_APPLIANCE_RUN_DIR`) that starts with nothing
+/// mounted; whatever gets mounted below it is detached on drop.
+struct ScratchRunDir(std::path::PathBuf);
+
+impl ScratchRunDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("wgt-run-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("run dir");
+        assert!(
+            !wg_appliance::persist::is_bpffs(&p.join("bpf")),
+            "scratch run dir already mounted"
+        );
+        Self(p)
+    }
+
+    fn env(&self) -> String {
+        format!(
+            "{}={}",
+            wg_appliance::persist::RUN_DIR_ENV,
+            self.0.display()
+        )
+    }
+}
+
+impl Drop for ScratchRunDir {
+    fn drop(&mut self) {
+        let bpf = self.0.join("bpf");
+        if let Ok(c) = std::ffi::CString::new(bpf.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 with a valid path; failure (nothing mounted
+            // here) is fine.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where pins can outlive the daemon and where they cannot, each from a
+/// state with nothing mounted: a daemon started under `ip netns exec`
+/// (whose mount namespace dies with it; PID 1's cannot be entered here)
+/// - with the pin file system mounted on the host side first, as setup, the
+///   systemd unit and the test harness do: it says its restart is hitless,
+///   and after kill -9 a new daemon adopts the running tunnel;
+/// - with nothing mounted: it mounts its own, says loudly (log, `show`,
+///   metric) that a restart will not be hitless, and after kill -9 a new
+///   daemon finds the interface without pins, removes it and starts clean
+///   instead of refusing.
+#[test]
+fn pins_outlive_the_daemon_or_it_says_so() {
+    if let Some(why) = netns_unavailable() {
+        skip("pins_outlive_the_daemon_or_it_says_so", &why);
+        return;
+    }
+    for host_mounted in [true, false] {
+        pins_case(host_mounted);
+    }
+}
+
+fn pins_case(host_mounted: bool) {
+    let what = if host_mounted {
+        "host-mounted pins"
+    } else {
+        "pins private to the daemon"
+    };
+    let run = ScratchRunDir::new(if host_mounted { "h" } else { "p" });
+    if host_mounted {
+        wg_appliance::persist::mount_bpffs(&run.0.join("bpf")).expect("host-side bpffs");
+    }
+    let env = run.env();
+    let bin = appliance_bin().expect("binary");
+    let b = bin.to_str().expect("bin");
+    let gw = Netns::new().expect("ns");
+    let peer_ns = Netns::new().expect("ns");
+    let veth = Veth::new(&gw, &["10.103.0.1/24"], &peer_ns, &["10.103.0.2/24"]).expect("veth");
+    peer_ns
+        .exec("ethtool", &["-K", &veth.b, "gro", "on"])
+        .expect("gro");
+    let gw_key = PrivateKey::generate();
+    let peer_key = PrivateKey::generate();
+    let ifname = unique_name("p");
+    let _sock = SocketGuard(ifname.clone());
+    let conf = run.0.join(format!("{ifname}.conf"));
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.104.0.1/24\n\n[Appliance]\nMetrics = 127.0.0.1:9597\nWAN = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = 10.103.0.2:51821\nAllowedIPs = 10.104.0.2/32\n",
+        &*gw_key.to_base64(),
+        veth.a,
+        peer_key.public_key().to_base64()
+    );
+    {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&conf)
+            .expect("conf");
+        f.write_all(text.as_bytes()).expect("write");
+    }
+    let tp = ThirdParty::start(
+        Impl::WireguardGo,
+        &peer_ns,
+        &peer_key,
+        51821,
+        "10.104.0.2/24",
+    )
+    .expect("peer");
+    tp.add_peer(&peer_ns, &gw_key.public_key(), None, "10.104.0.1/32")
+        .expect("peer config");
+    let ping = |n: &str| {
+        gw.exec("ping", &["-c", n, "-i", "0.2", "-W", "2", "10.104.0.2"])
+            .is_ok()
+    };
+
+    let first = Daemon::start_with_env(&gw, &bin, &conf, run.0.join("first.log"), &[&env]);
+    wait_until(Duration::from_secs(15), "the tunnel", || ping("1"))
+        .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", first.log()));
+    let warned = first.log().contains("will NOT be hitless");
+    assert_eq!(
+        warned,
+        !host_mounted,
+        "{what}: the start-up warning; log:\n{}",
+        first.log()
+    );
+    let shown = String::from_utf8_lossy(
+        &gw.exec("env", &[&env, b, "show", &ifname])
+            .expect("show")
+            .stdout,
+    )
+    .into_owned();
+    let pins_line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("pins:"))
+        .unwrap_or_else(|| panic!("{what}: no pins line in show:\n{shown}"))
+        .to_owned();
+    assert_eq!(
+        pins_line.contains("NOT be hitless"),
+        !host_mounted,
+        "{what}: {pins_line}"
+    );
+    let metrics = String::from_utf8_lossy(
+        &gw.exec(
+            "curl",
+            &["-sf", "--max-time", "5", "http://127.0.0.1:9597/metrics"],
+        )
+        .expect("scrape")
+        .stdout,
+    )
+    .into_owned();
+    let ready = format!(
+        "wg_appliance_hitless_restart_ready{{interface=\"{ifname}\"}} {}",
+        u8::from(host_mounted)
+    );
+    assert!(
+        metrics.contains(&ready),
+        "{what}: want `{ready}` in:\n{metrics}"
+    );
+
+    drop(first); // SIGKILL
+    let second = Daemon::start_with_env(&gw, &bin, &conf, run.0.join("second.log"), &[&env]);
+    let expect = if host_mounted {
+        "adopted the running data path"
+    } else {
+        "starting it afresh"
+    };
+    wait_until(Duration::from_secs(15), expect, || {
+        second.log().contains(expect)
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", second.log()));
+    wait_until(Duration::from_secs(15), "traffic after the restart", || {
+        ping("3")
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", second.log()));
+    gw.exec("env", &[&env, b, "down", &ifname]).expect("down");
+    assert!(
+        gw.ip(&["link", "show", &ifname]).is_err(),
+        "{what}: interface still there after down"
+    );
+    drop(second);
+    drop(tp);
 }
