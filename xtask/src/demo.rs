@@ -39,6 +39,7 @@ struct Lab {
     namespaces: Vec<String>,
     children: Vec<Child>,
     files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
     gw_if: String,
     bin: PathBuf,
 }
@@ -68,6 +69,9 @@ impl Drop for Lab {
         }
         for f in &self.files {
             let _ = std::fs::remove_file(f);
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
         }
         println!("==> lab torn down (namespaces removed, daemons stopped)");
     }
@@ -215,6 +219,7 @@ pub fn run_demo() -> Result<()> {
         tag: tag.clone(),
         namespaces: vec![],
         children: vec![],
+        dirs: vec![],
         files: vec![],
         gw_if: format!("wgd{pid}"),
         bin: bin.clone(),
@@ -312,6 +317,8 @@ pub fn run_demo() -> Result<()> {
         ],
     )?;
     println!("{}", in_ns(&gw, "ip", &["-br", "link", "show"])?.trim_end());
+    start_prometheus(&mut lab, &gw)?;
+    println!("      Prometheus scrapes 127.0.0.1:9586/metrics every 1 s inside the gateway's namespace (alert rules loaded)");
 
     step(
         4,
@@ -434,12 +441,17 @@ pub fn run_demo() -> Result<()> {
     println!("      sent {sent} malformed or unknown-session WireGuard datagrams");
     std::thread::sleep(Duration::from_millis(300));
 
-    step(8, "scraping http://127.0.0.1:9586/metrics on the gateway");
+    step(
+        8,
+        "scraping http://127.0.0.1:9586/metrics on the gateway, and one dashboard query through Prometheus",
+    );
     let metrics = in_ns(
         &gw,
         "curl",
         &["-sf", "--max-time", "5", "http://127.0.0.1:9586/metrics"],
     )?;
+    // The junk's own reasons, compared alone (MLD reports and the like
+    // count under other reasons).
     let mut dropped = 0.0;
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let interesting = line.starts_with("wireguard_")
@@ -452,12 +464,34 @@ pub fn run_demo() -> Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         if line.starts_with("wg_appliance_dropped_packets_total") && value > 0.0 {
-            dropped += value;
+            if JUNK_REASONS
+                .iter()
+                .any(|r| line.contains(&format!("reason=\"{r}\"")))
+            {
+                dropped += value;
+            }
             println!("      {line}");
         } else if interesting && value > 0.0 {
             println!("      {line}");
         }
     }
+    let expr = dashboard_query("wg_appliance_dropped_packets_total", &lab.gw_if)?;
+    println!("      the dashboard's drops-by-reason panel, asked of Prometheus:\n        {expr}");
+    let mut answer = Vec::new();
+    // The junk went out in step 7: wait (bounded) for a scrape that saw it.
+    let prom_ok = wait_for(
+        Duration::from_secs(15),
+        "Prometheus to see the junk",
+        || {
+            answer = prom_query(&gw, &expr).unwrap_or_default();
+            answer.iter().any(|(_, v)| *v > 0.0)
+        },
+    )
+    .is_ok();
+    for (labels, v) in answer.iter().filter(|(_, v)| *v > 0.0) {
+        println!("        {labels} => {v:.2} packets/s");
+    }
+    println!("        ({} reasons in all; the others at 0)", answer.len());
     check(&stop)?;
 
     step(
@@ -493,6 +527,14 @@ pub fn run_demo() -> Result<()> {
     println!("  iperf3 TCP, LAN → remote / back:       {up:.0} / {down:.0} Mbit/s (in a busy VM, with the lab's other daemons)");
     println!("  junk dropped in XDP, by reason:         {dropped:.0} of {sent} (metrics above)");
     println!(
+        "  dashboard query through Prometheus:     {}",
+        if prom_ok {
+            "drops by reason answered"
+        } else {
+            "NO ANSWER"
+        }
+    );
+    println!(
         "  A/B run:                                {}",
         if ab_ok {
             "see the table above"
@@ -510,13 +552,118 @@ pub fn run_demo() -> Result<()> {
         && handshakes == 2
         && up > 0.0
         && down > 0.0
-        && dropped >= sent as f64
+        && dropped == sent as f64
+        && prom_ok
         && ab_ok)
     {
         bail!("the demo found a problem (see the summary)");
     }
     drop(lab);
     Ok(())
+}
+
+/// The drop reasons [`send_junk`]'s datagrams count under, 50 each.
+const JUNK_REASONS: [&str; 5] = [
+    "bad_type",
+    "bad_reserved",
+    "bad_handshake_length",
+    "bad_data_length",
+    "unknown_index",
+];
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+/// Inside the gateway's namespace, which only the demo uses.
+const PROM_PORT: u16 = 9090;
+
+/// Debian's Prometheus in the gateway's namespace, scraping the appliance's
+/// /metrics every second with the project's alert rules loaded. Started
+/// before the traffic so its rates cover it; killed with the lab.
+fn start_prometheus(lab: &mut Lab, gw: &str) -> Result<()> {
+    if !Path::new(PROMETHEUS).exists() {
+        bail!("{PROMETHEUS} is missing. Fix: cargo xtask setup (installs Debian's prometheus package)");
+    }
+    let dir = root().join("target").join(format!("{}prometheus", lab.tag));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    lab.dirs.push(dir.clone());
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: wg-appliance\n    static_configs:\n      - targets: ['127.0.0.1:9586']\n",
+            root().join("dist/wg-appliance.rules.yml").display()
+        ),
+    )?;
+    let log = File::create(dir.join("prometheus.log"))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", gw, PROMETHEUS])
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting prometheus")?;
+    lab.children.push(child);
+    wait_for(Duration::from_secs(30), "Prometheus to be ready", || {
+        in_ns(
+            gw,
+            "curl",
+            &[
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{PROM_PORT}/-/ready"),
+            ],
+        )
+        .is_ok()
+    })
+    .with_context(|| format!("see {}", dir.join("prometheus.log").display()))?;
+    Ok(())
+}
+
+/// The dashboard's query of `metric`, for one interface (`$interface` as
+/// Grafana fills it when one interface is selected).
+fn dashboard_query(metric: &str, ifname: &str) -> Result<String> {
+    let dash = std::fs::read_to_string(root().join("dist/grafana-dashboard.json"))?;
+    let line = dash
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"expr\": \""))
+        .find(|e| e.contains(metric))
+        .with_context(|| format!("no query of {metric} in dist/grafana-dashboard.json"))?;
+    let expr = line
+        .strip_suffix("\",")
+        .or_else(|| line.strip_suffix('"'))
+        .context("unexpected expr line")?;
+    Ok(expr.replace("\\\"", "\"").replace("$interface", ifname))
+}
+
+/// An instant query through Prometheus's HTTP API; promtool prints one
+/// `{labels} => value @[time]` line per series.
+fn prom_query(gw: &str, expr: &str) -> Result<Vec<(String, f64)>> {
+    let out = in_ns(
+        gw,
+        "promtool",
+        &[
+            "query",
+            "instant",
+            &format!("http://127.0.0.1:{PROM_PORT}"),
+            expr,
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (labels, rest) = l.split_once(" => ")?;
+            Some((labels.to_owned(), rest.split(" @").next()?.parse().ok()?))
+        })
+        .collect())
 }
 
 /// Malformed WireGuard datagrams and transport data for sessions that do

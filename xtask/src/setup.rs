@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "nftables",
     "iputils-ping",
+    // prometheus and promtool: the monitoring test, the alert-rule unit
+    // tests and the demo's dashboard query.
+    "prometheus",
 ];
 
 /// Tools `cargo install` builds, each pinned to a full version: stable
@@ -71,7 +74,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step {
-        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping)",
+        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus)",
         present: apt_present,
         install: apt_install,
         fix: "run as root with network access to the Debian mirrors: apt-get update && apt-get install --no-install-recommends <packages>",
