@@ -23,8 +23,9 @@ use rand_core::{CryptoRng, RngCore};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::crypto::{hash, mac, LABEL_COOKIE, LABEL_MAC1};
 use crate::keys::PublicKey;
-use crate::noise::{expect_fixed, hash, mac, NoiseError, LABEL_COOKIE, LABEL_MAC1};
+use crate::noise::{expect_fixed, NoiseError};
 use wg_ebpf_common::{COOKIE_REPLY_LEN, MSG_COOKIE_REPLY};
 
 /// How long a cookie secret is used before a new one is drawn (and how long a

@@ -9,6 +9,7 @@ pub mod allowed_ips;
 pub mod bench;
 pub mod config;
 pub mod cookie;
+pub mod crypto;
 pub mod daemon;
 pub mod datapath;
 pub mod keys;
