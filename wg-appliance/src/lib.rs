@@ -12,6 +12,7 @@ pub mod cookie;
 pub mod crypto;
 pub mod daemon;
 pub mod datapath;
+pub mod framing;
 pub mod keys;
 pub mod link;
 pub mod metrics;

@@ -30,6 +30,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::cookie::CookieJar;
 use crate::crypto::{aead_nonce, hash, kdf, CONSTRUCTION, HASH_LEN, IDENTIFIER};
+use crate::framing::{expect_fixed, fixed, FramingError};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey, KEY_LEN};
 
 pub use wg_ebpf_common::{
@@ -172,10 +173,10 @@ impl<'a> Message<'a> {
         };
         match ty {
             MSG_HANDSHAKE_INITIATION => {
-                fixed(rest, "handshake initiation").map(Message::Initiation)
+                Ok(Message::Initiation(fixed(rest, "handshake initiation")?))
             }
-            MSG_HANDSHAKE_RESPONSE => fixed(rest, "handshake response").map(Message::Response),
-            MSG_COOKIE_REPLY => fixed(rest, "cookie reply").map(Message::CookieReply),
+            MSG_HANDSHAKE_RESPONSE => Ok(Message::Response(fixed(rest, "handshake response")?)),
+            MSG_COOKIE_REPLY => Ok(Message::CookieReply(fixed(rest, "cookie reply")?)),
             MSG_TRANSPORT_DATA if rest.len() >= TRANSPORT_MIN_LEN => Ok(Message::Transport(rest)),
             MSG_TRANSPORT_DATA => Err(NoiseError::WrongLength {
                 what: "transport data message",
@@ -187,31 +188,23 @@ impl<'a> Message<'a> {
     }
 }
 
-fn fixed<'a, const N: usize>(b: &'a [u8], what: &'static str) -> Result<&'a [u8; N], NoiseError> {
-    b.try_into().map_err(|_| NoiseError::WrongLength {
-        what,
-        expected: N,
-        got: b.len(),
-    })
-}
-
-/// Check length, type and reserved bytes of a message of fixed size `N`.
-pub(crate) fn expect_fixed<'a, const N: usize>(
-    b: &'a [u8],
-    ty: u8,
-    what: &'static str,
-) -> Result<&'a [u8; N], NoiseError> {
-    let m: &[u8; N] = fixed(b, what)?;
-    if m[0] != ty {
-        return Err(NoiseError::WrongType {
-            expected: ty,
-            got: m[0],
-        });
+/// Framing errors keep their names and wording as handshake errors.
+impl From<FramingError> for NoiseError {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::WrongLength {
+                what,
+                expected,
+                got,
+            } => NoiseError::WrongLength {
+                what,
+                expected,
+                got,
+            },
+            FramingError::WrongType { expected, got } => NoiseError::WrongType { expected, got },
+            FramingError::ReservedNotZero => NoiseError::ReservedNotZero,
+        }
     }
-    if m[1..4] != [0, 0, 0] {
-        return Err(NoiseError::ReservedNotZero);
-    }
-    Ok(m)
 }
 
 // ---------------------------------------------------------------------------
