@@ -38,6 +38,7 @@ use wg_ebpf_common::maps::{
 };
 
 use crate::{
+    config::PeerSpec,
     cookie::{Admission, CookieChecker, LoadDetector, LoadSignal},
     datapath::{AttachMode, Counters, Datapath, ModePolicy, TunnelSetup},
     keys::{PresharedKey, PrivateKey, PublicKey},
@@ -52,16 +53,6 @@ use crate::{
 const MAX_STAGED: usize = 128;
 /// Control-plane tick: counter polling and timer resolution.
 const TICK: Duration = Duration::from_millis(100);
-
-/// One peer as configured.
-#[derive(Clone, Debug)]
-pub struct PeerSpec {
-    pub public_key: PublicKey,
-    pub preshared_key: Option<PresharedKey>,
-    pub endpoint: Option<SocketAddr>,
-    pub allowed_ips: Vec<IpNet>,
-    pub persistent_keepalive: Option<u16>,
-}
 
 /// The interface as configured.
 #[derive(Debug)]

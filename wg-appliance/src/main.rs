@@ -21,8 +21,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use tokio::sync::Notify;
 use wg_appliance::{
-    config::{self, MetricsSetting, MssSetting, Steering, XdpModeSetting},
-    daemon::{self, Daemon, DeviceSpec, InterfaceOptions, PeerSpec},
+    config::{self, MetricsSetting, MssSetting, PeerSpec, Steering, XdpModeSetting},
+    daemon::{self, Daemon, DeviceSpec, InterfaceOptions},
     datapath::{parse_cpu_list, Datapath, ModePolicy},
     keys::{PresharedKey, PrivateKey},
     link, metrics,
