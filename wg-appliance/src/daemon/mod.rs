@@ -15,6 +15,8 @@
 //!
 //! Peers are keyed by a dense id (1..): the index of their `PEERS` slot.
 
+mod inject;
+
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
@@ -31,12 +33,12 @@ use tokio::{
     sync::{mpsc, oneshot, Notify},
 };
 use wg_ebpf_common::maps::{
-    ControlFrame, EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession,
-    CONTROL_MAGIC_KEEPALIVE, ETH_P_WG_CONTROL, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION,
-    EVENT_REKEY_WANTED, PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_RECV, SESSION_CAN_SEND,
-    SESSION_CONFIRM_ON_RX, SESSION_INITIATOR,
+    EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession, EVENT_ENDPOINT_CHANGED,
+    EVENT_NO_SESSION, EVENT_REKEY_WANTED, PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_RECV,
+    SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX, SESSION_INITIATOR,
 };
 
+use self::inject::packet_socket;
 use crate::{
     config::PeerSpec,
     cookie::{Admission, CookieChecker, LoadDetector, LoadSignal},
@@ -1589,56 +1591,6 @@ impl Daemon {
         }
     }
 
-    fn inject_keepalive(&mut self, id: u32) {
-        let f = ControlFrame {
-            magic: CONTROL_MAGIC_KEEPALIVE,
-            peer_id: id,
-        };
-        let mut frame = Vec::with_capacity(14 + 8);
-        frame.extend_from_slice(&self.link.mac);
-        frame.extend_from_slice(&self.link.mac);
-        frame.extend_from_slice(&ETH_P_WG_CONTROL.to_be_bytes());
-        frame.extend_from_slice(&f.magic.to_le_bytes());
-        frame.extend_from_slice(&f.peer_id.to_le_bytes());
-        self.send_frame(&frame);
-    }
-
-    fn inject_staged(&mut self, id: u32) {
-        let staged: Vec<Vec<u8>> = match self.peers.get_mut(&id) {
-            Some(p) => p.staged.drain(..).collect(),
-            None => return,
-        };
-        for pkt in staged {
-            let proto: u16 = match pkt.first().map(|b| b >> 4) {
-                Some(4) => 0x0800,
-                Some(6) => 0x86DD,
-                _ => continue,
-            };
-            let mut frame = Vec::with_capacity(14 + pkt.len());
-            frame.extend_from_slice(&self.link.mac);
-            frame.extend_from_slice(&self.link.mac);
-            frame.extend_from_slice(&proto.to_be_bytes());
-            frame.extend_from_slice(&pkt);
-            self.send_frame(&frame);
-        }
-    }
-
-    /// Writes a frame out of `wg0`; it arrives at `tun_tx` on `wg0x`.
-    fn send_frame(&self, frame: &[u8]) {
-        // SAFETY: valid fd and buffer.
-        let rc = unsafe {
-            libc::send(
-                self.inject.as_raw_fd(),
-                frame.as_ptr() as *const _,
-                frame.len(),
-                0,
-            )
-        };
-        if rc < 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "injecting into the tunnel failed");
-        }
-    }
-
     /// Removes the interface; the programs detach when `self` drops.
     pub async fn shutdown(self) {
         let name = self.link.name.clone();
@@ -1846,32 +1798,4 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
         sock
     };
     UdpSocket::from_std(std_sock).map_err(err)
-}
-
-/// AF_PACKET socket bound to `wg0`, for injecting frames into the tunnel.
-fn packet_socket(ifindex: u32) -> Result<OwnedFd, DaemonError> {
-    // SAFETY: plain socket calls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io("opening a packet socket on the tunnel")(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        if libc::bind(
-            fd,
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        ) != 0
-        {
-            return Err(io("binding the packet socket to the tunnel")(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(owned)
-    }
 }
