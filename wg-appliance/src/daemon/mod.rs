@@ -16,6 +16,7 @@
 //! Peers are keyed by a dense id (1..): the index of their `PEERS` slot.
 
 mod inject;
+mod uapi;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -39,6 +40,7 @@ use wg_ebpf_common::maps::{
 };
 
 use self::inject::packet_socket;
+pub use self::uapi::serve_uapi;
 use crate::{
     config::PeerSpec,
     cookie::{Admission, CookieChecker, LoadDetector, LoadSignal},
@@ -47,7 +49,7 @@ use crate::{
     link::{self, TunnelLink},
     noise::{self, Handshake, Identity, Message, Tai64N},
     timers::{Action, Event, PeerTimers, SendCounter, TimerConfig},
-    uapi::{self, DeviceSnapshot, PeerSnapshot, Request, SetOp},
+    uapi::{format_errno, format_get, Request},
 };
 
 /// Packets kept per peer while a handshake is under way (the kernel
@@ -896,156 +898,14 @@ impl Daemon {
         Ok(())
     }
 
-    // ----- UAPI ------------------------------------------------------------
-
-    /// The `get` answer.
-    pub fn snapshot(&self) -> DeviceSnapshot {
-        DeviceSnapshot {
-            private_key: self.private_key.clone(),
-            listen_port: self.listen_port,
-            fwmark: self.fwmark,
-            peers: self
-                .peers
-                .values()
-                .map(|p| PeerSnapshot {
-                    public_key: p.spec.public_key,
-                    preshared_key: p.spec.preshared_key.clone(),
-                    endpoint: p.endpoint,
-                    allowed_ips: p.spec.allowed_ips.clone(),
-                    persistent_keepalive: p.spec.persistent_keepalive.unwrap_or(0),
-                    last_handshake: p.last_handshake.map(Into::into),
-                    rx_bytes: p.rx_bytes(),
-                    tx_bytes: p.tx_bytes(),
-                })
-                .collect(),
-        }
-    }
-
-    /// Carries out a `set` request in order, as the cross-platform UAPI
-    /// describes; returns the errno for the reply (0 on success). A failed
-    /// operation stops the request there, the ones before it stay applied
-    /// (wireguard-go behaves the same).
-    pub async fn apply(&mut self, ops: Vec<SetOp>) -> i32 {
-        let mut current: Option<u32> = None;
-        // A peer named with update_only that does not exist: skip its ops.
-        let mut skipping = false;
-        let mut pending: Option<PublicKey> = None;
-        let mut new_endpoints = Vec::new();
-        let mut acts: Vec<(u32, Vec<Action>)> = Vec::new();
-        for op in ops {
-            // Create the peer named by public_key unless update_only follows.
-            if let Some(pk) = pending.take() {
-                if !matches!(op, SetOp::UpdateOnly) {
-                    match self.add_peer(pk) {
-                        Ok(id) => current = Some(id),
-                        Err(e) => return self.fail(e),
-                    }
-                }
-            }
-            let r: Result<(), DaemonError> = match op {
-                SetOp::PrivateKey(k) => {
-                    self.set_private_key(k);
-                    Ok(())
-                }
-                SetOp::ListenPort(port) => self.set_listen_port(port).await,
-                SetOp::FwMark(m) => {
-                    self.fwmark = m;
-                    apply_fwmark(&self.sock, m);
-                    Ok(())
-                }
-                SetOp::ReplacePeers => {
-                    let ids: Vec<u32> = self.peers.keys().copied().collect();
-                    ids.into_iter().try_for_each(|id| self.remove_peer(id))
-                }
-                SetOp::PublicKey(pk) => {
-                    skipping = false;
-                    current = self.peer_id(&pk);
-                    if current.is_none() {
-                        pending = Some(pk);
-                    }
-                    Ok(())
-                }
-                SetOp::UpdateOnly => {
-                    skipping = current.is_none();
-                    Ok(())
-                }
-                _ if skipping => Ok(()),
-                SetOp::Remove => match current.take() {
-                    Some(id) => {
-                        skipping = true;
-                        self.remove_peer(id)
-                    }
-                    None => Ok(()),
-                },
-                SetOp::PresharedKey(k) => {
-                    if let Some(id) = current {
-                        self.set_psk(id, Some(k));
-                    }
-                    Ok(())
-                }
-                SetOp::Endpoint(ep) => match current {
-                    Some(id) => {
-                        new_endpoints.push(ep);
-                        self.set_peer_endpoint(id, ep)
-                    }
-                    None => Ok(()),
-                },
-                SetOp::PersistentKeepaliveInterval(secs) => {
-                    if let Some(id) = current {
-                        let a = self.set_keepalive(id, secs);
-                        acts.push((id, a));
-                    }
-                    Ok(())
-                }
-                SetOp::ReplaceAllowedIps => match current {
-                    Some(id) => self.clear_allowed(id),
-                    None => Ok(()),
-                },
-                SetOp::AllowedIp(net) => match current {
-                    Some(id) => self.add_allowed(id, net),
-                    None => Ok(()),
-                },
-            };
-            if let Err(e) = r {
-                return self.fail(e);
-            }
-        }
-        if let Some(pk) = pending.take() {
-            if let Err(e) = self.add_peer(pk) {
-                return self.fail(e);
-            }
-        }
-        if !new_endpoints.is_empty() {
-            if let Err(e) = self.attach_wans(&new_endpoints).await {
-                return self.fail(e);
-            }
-        }
-        for (id, a) in acts {
-            self.act(id, a).await;
-        }
-        self.save_state();
-        0
-    }
-
-    fn fail(&self, e: DaemonError) -> i32 {
-        tracing::warn!(error = %e, "UAPI set failed");
-        match e {
-            DaemonError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
-                uapi::IPC_ERROR_PORT_IN_USE
-            }
-            DaemonError::TooManyPeers(_) => uapi::IPC_ERROR_INVALID,
-            _ => uapi::IPC_ERROR_IO,
-        }
-    }
-
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Uapi(Request::Get, reply) => {
-                let _ = reply.send(uapi::format_get(&self.snapshot()));
+                let _ = reply.send(format_get(&self.snapshot()));
             }
             Command::Uapi(Request::Set(ops), reply) => {
                 let errno = self.apply(ops).await;
-                let _ = reply.send(uapi::format_errno(errno));
+                let _ = reply.send(format_errno(errno));
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.full_status());
@@ -1606,70 +1466,6 @@ impl Daemon {
             tracing::warn!(interface = %name, error = %e, "removing the interface failed");
         } else {
             tracing::info!(interface = %name, "interface removed");
-        }
-    }
-}
-
-/// Serves the UAPI socket: each connection sends requests, each answered
-/// by the daemon's task through `cmds`.
-pub async fn serve_uapi(listener: tokio::net::UnixListener, cmds: mpsc::Sender<Command>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let cmds = cmds.clone();
-        tokio::spawn(async move {
-            if let Err(e) = uapi_connection(stream, cmds).await {
-                tracing::debug!(error = %e, "UAPI connection ended");
-            }
-        });
-    }
-}
-
-async fn uapi_connection(
-    mut stream: tokio::net::UnixStream,
-    cmds: mpsc::Sender<Command>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut reader = uapi::RequestReader::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "idle UAPI connection")
-            })??;
-        if n == 0 {
-            return Ok(());
-        }
-        if let Err(e) = reader.push(&buf[..n]) {
-            stream
-                .write_all(uapi::format_errno(e.errno()).as_bytes())
-                .await?;
-            return Ok(());
-        }
-        loop {
-            match reader.next_request() {
-                Ok(Some(req)) => {
-                    let (tx, rx) = oneshot::channel();
-                    if cmds.send(Command::Uapi(req, tx)).await.is_err() {
-                        return Ok(());
-                    }
-                    let reply = rx
-                        .await
-                        .unwrap_or_else(|_| uapi::format_errno(uapi::IPC_ERROR_IO));
-                    stream.write_all(reply.as_bytes()).await?;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    stream
-                        .write_all(uapi::format_errno(e.errno()).as_bytes())
-                        .await?;
-                    if e.closes_connection() {
-                        return Ok(());
-                    }
-                }
-            }
         }
     }
 }
