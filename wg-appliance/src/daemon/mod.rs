@@ -16,6 +16,7 @@
 //! Peers are keyed by a dense id (1..): the index of their `PEERS` slot.
 
 mod inject;
+mod status;
 mod uapi;
 
 use std::{
@@ -40,11 +41,12 @@ use wg_ebpf_common::maps::{
 };
 
 use self::inject::packet_socket;
+pub use self::status::{HandshakeStats, PeerStatus, Status};
 pub use self::uapi::serve_uapi;
 use crate::{
     config::PeerSpec,
     cookie::{Admission, CookieChecker, LoadDetector, LoadSignal},
-    datapath::{AttachMode, Counters, Datapath, ModePolicy, TunnelSetup},
+    datapath::{AttachMode, Datapath, ModePolicy, TunnelSetup},
     keys::{PresharedKey, PrivateKey, PublicKey},
     link::{self, TunnelLink},
     noise::{self, Handshake, Identity, Message, Tai64N},
@@ -159,44 +161,6 @@ impl PeerState {
     fn tx_bytes(&self) -> u64 {
         self.stats.tx_bytes + self.hs_tx_bytes
     }
-}
-
-/// A snapshot of a peer for `show`, metrics and tests.
-#[derive(Clone, Debug)]
-pub struct PeerStatus {
-    pub public_key: PublicKey,
-    pub endpoint: Option<SocketAddr>,
-    pub allowed_ips: Vec<IpNet>,
-    pub last_handshake: Option<SystemTime>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub persistent_keepalive: Option<u16>,
-    /// Handshakes completed with this peer since the daemon started.
-    pub handshakes: u64,
-}
-
-/// Handshake outcomes, for metrics.
-#[derive(Clone, Debug, Default)]
-pub struct HandshakeStats {
-    pub completed_initiator: u64,
-    pub completed_responder: u64,
-    pub initiations_sent: u64,
-    pub rejected: u64,
-    pub cookie_replies_sent: u64,
-}
-
-/// Everything the metrics endpoint reports, read at scrape time.
-#[derive(Clone, Debug)]
-pub struct Status {
-    pub interface: String,
-    pub listen_port: u16,
-    pub peers: Vec<PeerStatus>,
-    pub counters: Counters,
-    pub per_cpu: BTreeMap<wg_ebpf_common::Counter, Vec<u64>>,
-    pub handshakes: HandshakeStats,
-    pub sessions: usize,
-    pub tunnel_mode: AttachMode,
-    pub wan: Vec<(String, AttachMode)>,
 }
 
 /// What [`Daemon::assemble`] puts together.
@@ -627,37 +591,6 @@ impl Daemon {
     /// A sender for [`Command`]s to this daemon's task.
     pub fn commands(&self) -> mpsc::Sender<Command> {
         self.cmd_tx.clone()
-    }
-
-    /// The peers as `wg show` would report them.
-    pub fn status(&self) -> Vec<PeerStatus> {
-        self.peers
-            .values()
-            .map(|p| PeerStatus {
-                public_key: p.spec.public_key,
-                endpoint: p.endpoint,
-                allowed_ips: p.spec.allowed_ips.clone(),
-                last_handshake: p.last_handshake,
-                rx_bytes: p.rx_bytes(),
-                tx_bytes: p.tx_bytes(),
-                persistent_keepalive: p.spec.persistent_keepalive,
-                handshakes: p.handshakes,
-            })
-            .collect()
-    }
-
-    fn full_status(&self) -> Status {
-        Status {
-            interface: self.link.name.clone(),
-            listen_port: self.listen_port,
-            peers: self.status(),
-            counters: self.dp.counters().unwrap_or_default(),
-            per_cpu: self.dp.counters_per_cpu().unwrap_or_default(),
-            handshakes: self.hs_stats.clone(),
-            sessions: self.by_index.len(),
-            tunnel_mode: self.tunnel_mode,
-            wan: self.wan.clone(),
-        }
     }
 
     /// CLOCK_MONOTONIC, the data path's clock: session birth times in the
