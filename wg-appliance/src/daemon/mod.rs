@@ -17,6 +17,7 @@
 
 mod handshake;
 mod inject;
+mod sessions;
 mod status;
 mod uapi;
 
@@ -36,9 +37,8 @@ use tokio::{
     sync::{mpsc, oneshot, Notify},
 };
 use wg_ebpf_common::maps::{
-    EventHeader, Peer as BpfPeer, PeerStats, Session as BpfSession, EVENT_ENDPOINT_CHANGED,
-    EVENT_NO_SESSION, EVENT_REKEY_WANTED, PEER_ACTIVE, REPLAY_WORDS, SESSION_CAN_SEND,
-    SESSION_INITIATOR,
+    EventHeader, Peer as BpfPeer, PeerStats, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION,
+    EVENT_REKEY_WANTED, PEER_ACTIVE,
 };
 
 use self::inject::packet_socket;
@@ -50,7 +50,7 @@ use crate::{
     datapath::{AttachMode, Datapath, ModePolicy, TunnelSetup},
     keys::{PresharedKey, PrivateKey, PublicKey},
     link::{self, TunnelLink},
-    noise::{self, Handshake, Identity, Tai64N},
+    noise::{Handshake, Identity, Tai64N},
     timers::{Action, Event, PeerTimers, SendCounter, TimerConfig},
     uapi::{format_errno, format_get, Request},
 };
@@ -378,41 +378,7 @@ impl Daemon {
                 hs_rx_bytes: 0,
                 hs_tx_bytes: 0,
             };
-            // The sessions the data path holds for this peer: the sending
-            // one is current, the others previous (newest first).
-            let current = d.dp.current(id).unwrap_or(0);
-            let mut sessions: Vec<(u32, BpfSession)> =
-                d.dp.sessions()?
-                    .into_iter()
-                    .filter(|(_, s)| s.peer_id == id)
-                    .collect();
-            sessions.sort_by_key(|(i, s)| (*i != current, std::cmp::Reverse(s.birth_ns)));
-            for (n, (index, s)) in sessions.into_iter().enumerate() {
-                let birth = Duration::from_nanos(s.birth_ns);
-                let initiator = s.flags & SESSION_INITIATOR != 0;
-                if n == 0 && index == current {
-                    let age = now.saturating_sub(birth);
-                    st.last_handshake = SystemTime::now().checked_sub(age);
-                }
-                if n >= 2 {
-                    // Older than previous: WireGuard keeps no such keys.
-                    d.dp.remove_session(index)?;
-                    continue;
-                }
-                d.by_index.insert(index, id);
-                for a in st.timers.restore(
-                    BpfKeypair::default(),
-                    index,
-                    initiator,
-                    birth,
-                    n == 0 && index == current,
-                ) {
-                    if let Action::Retire(i) = a {
-                        d.by_index.remove(&i);
-                        d.dp.remove_session(i)?;
-                    }
-                }
-            }
+            d.restore_sessions(id, &mut st, now)?;
             tracing::info!(peer = %st.spec.public_key.short(), id, "peer adopted");
             d.peers.insert(id, st);
         }
@@ -906,33 +872,6 @@ impl Daemon {
         }
     }
 
-    /// Writes a session into the data path; the initiator's becomes the
-    /// peer's sending session at once, the responder's on confirmation.
-    fn install(&mut self, id: u32, kp: &noise::Keypair, flags: u32) {
-        let s = BpfSession {
-            recv_key: *kp.receiving_key(),
-            send_key: *kp.sending_key(),
-            send_counter: 0,
-            replay_next: 0,
-            replay_bitmap: [0; REPLAY_WORDS],
-            birth_ns: ktime_ns(),
-            remote_index: kp.remote_index(),
-            peer_id: id,
-            flags,
-            _pad: 0,
-        };
-        self.by_index.insert(kp.local_index(), id);
-        if let Err(e) = self.dp.install_session(kp.local_index(), &s) {
-            tracing::warn!(error = %e, "installing the session in the data path failed");
-            return;
-        }
-        if flags & SESSION_CAN_SEND != 0 {
-            if let Err(e) = self.dp.set_current(id, kp.local_index()) {
-                tracing::warn!(error = %e, "activating the session failed");
-            }
-        }
-    }
-
     async fn on_event(&mut self, item: &[u8]) {
         let hdr_len = std::mem::size_of::<EventHeader>();
         if item.len() < hdr_len {
@@ -1070,16 +1009,6 @@ impl Daemon {
             }
             acts.extend(p.timers.tick(now));
             self.act(id, acts).await;
-        }
-    }
-
-    /// The pending `next` session of peer `id` if the data path has seen
-    /// traffic on it (which confirms it).
-    fn next_confirmed(&self, id: u32) -> Option<u32> {
-        let next = self.peers.get(&id)?.timers.keypairs.next()?.local_index;
-        match self.dp.session(next) {
-            Ok(Some(s)) if s.replay_next > 0 => Some(next),
-            _ => None,
         }
     }
 
