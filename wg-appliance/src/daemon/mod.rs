@@ -25,7 +25,7 @@ mod uapi;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::Arc,
     time::Duration,
@@ -625,57 +625,6 @@ impl Daemon {
             tracing::info!(interface = %name, "interface removed");
         }
     }
-}
-
-/// The interface the kernel would send to `ep` from (route lookup through a
-/// connected UDP socket, which sends nothing).
-fn egress_ifindex(ep: SocketAddr) -> Option<u32> {
-    let bind: SocketAddr = if ep.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .ok()?;
-    let s = std::net::UdpSocket::bind(bind).ok()?;
-    s.connect(ep).ok()?;
-    let local = s.local_addr().ok()?.ip();
-    interface_with_address(local)
-}
-
-fn interface_with_address(ip: IpAddr) -> Option<u32> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points at a sockaddr of the family it says.
-            let addr = unsafe {
-                match (*ifa.ifa_addr).sa_family as i32 {
-                    libc::AF_INET => {
-                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        Some(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()))
-                    }
-                    libc::AF_INET6 => {
-                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        Some(IpAddr::from(sa.sin6_addr.s6_addr))
-                    }
-                    _ => None,
-                }
-            };
-            if addr == Some(ip) {
-                // SAFETY: ifa_name is a NUL-terminated string.
-                found = Some(unsafe { libc::if_nametoindex(ifa.ifa_name) });
-                break;
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: the list from getifaddrs.
-    unsafe { libc::freeifaddrs(ifap) };
-    found.filter(|i| *i != 0)
 }
 
 fn apply_fwmark(sock: &UdpSocket, mark: u32) {

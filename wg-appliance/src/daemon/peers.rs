@@ -11,11 +11,12 @@ use std::{
 use ipnet::IpNet;
 use wg_ebpf_common::maps::{Peer as BpfPeer, PeerStats, PEER_ACTIVE};
 
-use super::{egress_ifindex, Daemon, DaemonError};
+use super::{Daemon, DaemonError};
 use crate::{
     config::PeerSpec,
     cookie::CookieChecker,
     keys::{PresharedKey, PrivateKey, PublicKey},
+    link::egress_ifindex,
     noise::{Handshake, Identity},
     timers::{Action, PeerTimers, SendCounter, TimerConfig},
 };
