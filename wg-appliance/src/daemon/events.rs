@@ -13,7 +13,8 @@ use wg_ebpf_common::maps::{
     EventHeader, EVENT_ENDPOINT_CHANGED, EVENT_NO_SESSION, EVENT_REKEY_WANTED,
 };
 
-use super::{endpoint_of, Daemon};
+use super::peers::endpoint_of;
+use super::Daemon;
 use crate::{
     link,
     noise::Tai64N,

@@ -13,7 +13,8 @@ use wg_ebpf_common::maps::{
     SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX, SESSION_INITIATOR,
 };
 
-use super::{BpfKeypair, Daemon};
+use super::peers::BpfKeypair;
+use super::Daemon;
 use crate::{
     cookie::{Admission, LoadSignal},
     noise::{self, Message},

@@ -8,7 +8,8 @@ use wg_ebpf_common::maps::{
     Session as BpfSession, REPLAY_WORDS, SESSION_CAN_SEND, SESSION_INITIATOR,
 };
 
-use super::{ktime_ns, BpfKeypair, Daemon, DaemonError, PeerState};
+use super::peers::{BpfKeypair, PeerState};
+use super::{ktime_ns, Daemon, DaemonError};
 use crate::{noise, timers::Action};
 
 impl Daemon {

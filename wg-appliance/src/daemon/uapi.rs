@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{apply_fwmark, Command, Daemon, DaemonError};
+use super::device::apply_fwmark;
+use super::{Command, Daemon, DaemonError};
 use crate::{
     keys::PublicKey,
     timers::Action,
