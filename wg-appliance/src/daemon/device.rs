@@ -3,7 +3,7 @@
 //! the state saved for a restart, and taking it all down again.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use tokio::{net::UdpSocket, sync::mpsc};
 
 use super::inject::packet_socket;
-use super::peers::{endpoint_of, PeerState};
+use super::peers::endpoint_of;
 use super::{io, Daemon, DaemonError, HandshakeStats};
 use crate::{
     config::PeerSpec,
@@ -21,8 +21,6 @@ use crate::{
     datapath::{AttachMode, Datapath, ModePolicy, TunnelSetup},
     keys::PrivateKey,
     link::{self, TunnelLink},
-    noise::{Handshake, Identity},
-    timers::PeerTimers,
 };
 
 /// The interface as configured.
@@ -197,33 +195,16 @@ impl Daemon {
         d.set_private_key(state.private_key.clone());
         let now = d.now();
         for (id, spec) in state.peers {
-            let placeholder;
-            let identity = match &d.identity {
-                Some(i) => i,
-                None => {
-                    placeholder = Identity::new(&PrivateKey::generate());
-                    &placeholder
-                }
-            };
-            let hs = Handshake::new(identity, spec.public_key, spec.preshared_key.clone());
-            let mut st = PeerState {
-                hs,
-                timers: PeerTimers::new(d.timer_config(spec.persistent_keepalive)),
-                endpoint: d
-                    .dp
-                    .peer(id)
+            let mut st = d.new_peer_state(spec);
+            // Where the data path last sent to (it may have roamed), and
+            // its counters so far.
+            st.endpoint =
+                d.dp.peer(id)
                     .ok()
                     .as_ref()
                     .and_then(endpoint_of)
-                    .or(spec.endpoint),
-                spec,
-                staged: VecDeque::new(),
-                stats: d.dp.peer_stats(id).unwrap_or_default(),
-                last_handshake: None,
-                handshakes: 0,
-                hs_rx_bytes: 0,
-                hs_tx_bytes: 0,
-            };
+                    .or(st.spec.endpoint);
+            st.stats = d.dp.peer_stats(id).unwrap_or_default();
             d.restore_sessions(id, &mut st, now)?;
             tracing::info!(peer = %st.spec.public_key.short(), id, "peer adopted");
             d.peers.insert(id, st);

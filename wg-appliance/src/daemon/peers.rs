@@ -119,15 +119,24 @@ impl Daemon {
         let id = (1..max)
             .find(|i| !self.peers.contains_key(i))
             .ok_or(DaemonError::TooManyPeers(max - 1))?;
-        let spec = PeerSpec {
+        let state = self.new_peer_state(PeerSpec {
             public_key,
             preshared_key: None,
             endpoint: None,
             allowed_ips: Vec::new(),
             persistent_keepalive: None,
-        };
-        // Without our key yet, a placeholder handshake; set_private_key
-        // replaces it. It cannot complete without an identity anyway.
+        });
+        self.peers.insert(id, state);
+        self.write_peer(id)?;
+        tracing::info!(peer = %public_key.short(), id, "peer added");
+        Ok(id)
+    }
+
+    /// The state of a peer that has done nothing yet: its handshake and
+    /// idle timers. Without our key yet, the handshake is a placeholder
+    /// that set_private_key replaces; it cannot complete without an
+    /// identity anyway.
+    pub(super) fn new_peer_state(&self, spec: PeerSpec) -> PeerState {
         let placeholder;
         let identity = match &self.identity {
             Some(i) => i,
@@ -136,22 +145,18 @@ impl Daemon {
                 &placeholder
             }
         };
-        let state = PeerState {
-            hs: Handshake::new(identity, public_key, None),
-            timers: PeerTimers::new(self.timer_config(None)),
+        PeerState {
+            hs: Handshake::new(identity, spec.public_key, spec.preshared_key.clone()),
+            timers: PeerTimers::new(self.timer_config(spec.persistent_keepalive)),
+            endpoint: spec.endpoint,
             spec,
             staged: VecDeque::new(),
-            endpoint: None,
             stats: PeerStats::default(),
             last_handshake: None,
             handshakes: 0,
             hs_rx_bytes: 0,
             hs_tx_bytes: 0,
-        };
-        self.peers.insert(id, state);
-        self.write_peer(id)?;
-        tracing::info!(peer = %public_key.short(), id, "peer added");
-        Ok(id)
+        }
     }
 
     pub(super) fn peer_id(&self, key: &PublicKey) -> Option<u32> {
