@@ -2,7 +2,7 @@
 //! device, `set` applies its operations in wire order, and each connection
 //! to the socket hands its requests to the daemon's task as [`Command`]s.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,6 +13,21 @@ use crate::{
     timers::Action,
     uapi::{self, DeviceSnapshot, PeerSnapshot, SetOp},
 };
+
+/// Where a `set` request stands between two of its operations.
+#[derive(Default)]
+struct SetCursor {
+    /// The peer that peer operations apply to.
+    current: Option<u32>,
+    /// A peer named with update_only that does not exist: skip its ops.
+    skipping: bool,
+    /// A public_key not in the table yet: created unless update_only follows.
+    pending: Option<PublicKey>,
+    /// Endpoints set, where WAN interfaces are looked for afterwards.
+    new_endpoints: Vec<SocketAddr>,
+    /// Timer actions, carried out once the whole request is applied.
+    acts: Vec<(u32, Vec<Action>)>,
+}
 
 impl Daemon {
     /// The `get` answer.
@@ -43,105 +58,104 @@ impl Daemon {
     /// operation stops the request there, the ones before it stay applied
     /// (wireguard-go behaves the same).
     pub async fn apply(&mut self, ops: Vec<SetOp>) -> i32 {
-        let mut current: Option<u32> = None;
-        // A peer named with update_only that does not exist: skip its ops.
-        let mut skipping = false;
-        let mut pending: Option<PublicKey> = None;
-        let mut new_endpoints = Vec::new();
-        let mut acts: Vec<(u32, Vec<Action>)> = Vec::new();
+        let mut at = SetCursor::default();
         for op in ops {
             // Create the peer named by public_key unless update_only follows.
-            if let Some(pk) = pending.take() {
+            if let Some(pk) = at.pending.take() {
                 if !matches!(op, SetOp::UpdateOnly) {
                     match self.add_peer(pk) {
-                        Ok(id) => current = Some(id),
+                        Ok(id) => at.current = Some(id),
                         Err(e) => return self.fail(e),
                     }
                 }
             }
-            let r: Result<(), DaemonError> = match op {
-                SetOp::PrivateKey(k) => {
-                    self.set_private_key(k);
-                    Ok(())
-                }
-                SetOp::ListenPort(port) => self.set_listen_port(port).await,
-                SetOp::FwMark(m) => {
-                    self.fwmark = m;
-                    apply_fwmark(&self.sock, m);
-                    Ok(())
-                }
-                SetOp::ReplacePeers => {
-                    let ids: Vec<u32> = self.peers.keys().copied().collect();
-                    ids.into_iter().try_for_each(|id| self.remove_peer(id))
-                }
-                SetOp::PublicKey(pk) => {
-                    skipping = false;
-                    current = self.peer_id(&pk);
-                    if current.is_none() {
-                        pending = Some(pk);
-                    }
-                    Ok(())
-                }
-                SetOp::UpdateOnly => {
-                    skipping = current.is_none();
-                    Ok(())
-                }
-                _ if skipping => Ok(()),
-                SetOp::Remove => match current.take() {
-                    Some(id) => {
-                        skipping = true;
-                        self.remove_peer(id)
-                    }
-                    None => Ok(()),
-                },
-                SetOp::PresharedKey(k) => {
-                    if let Some(id) = current {
-                        self.set_psk(id, Some(k));
-                    }
-                    Ok(())
-                }
-                SetOp::Endpoint(ep) => match current {
-                    Some(id) => {
-                        new_endpoints.push(ep);
-                        self.set_peer_endpoint(id, ep)
-                    }
-                    None => Ok(()),
-                },
-                SetOp::PersistentKeepaliveInterval(secs) => {
-                    if let Some(id) = current {
-                        let a = self.set_keepalive(id, secs);
-                        acts.push((id, a));
-                    }
-                    Ok(())
-                }
-                SetOp::ReplaceAllowedIps => match current {
-                    Some(id) => self.clear_allowed(id),
-                    None => Ok(()),
-                },
-                SetOp::AllowedIp(net) => match current {
-                    Some(id) => self.add_allowed(id, net),
-                    None => Ok(()),
-                },
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.apply_op(op, &mut at).await {
                 return self.fail(e);
             }
         }
-        if let Some(pk) = pending.take() {
+        if let Some(pk) = at.pending.take() {
             if let Err(e) = self.add_peer(pk) {
                 return self.fail(e);
             }
         }
-        if !new_endpoints.is_empty() {
-            if let Err(e) = self.attach_wans(&new_endpoints).await {
+        if !at.new_endpoints.is_empty() {
+            if let Err(e) = self.attach_wans(&at.new_endpoints).await {
                 return self.fail(e);
             }
         }
-        for (id, a) in acts {
+        for (id, a) in at.acts {
             self.act(id, a).await;
         }
         self.save_state();
         0
+    }
+
+    /// One operation of a `set` request, at the point `at` of it.
+    async fn apply_op(&mut self, op: SetOp, at: &mut SetCursor) -> Result<(), DaemonError> {
+        match op {
+            SetOp::PrivateKey(k) => {
+                self.set_private_key(k);
+                Ok(())
+            }
+            SetOp::ListenPort(port) => self.set_listen_port(port).await,
+            SetOp::FwMark(m) => {
+                self.fwmark = m;
+                apply_fwmark(&self.sock, m);
+                Ok(())
+            }
+            SetOp::ReplacePeers => {
+                let ids: Vec<u32> = self.peers.keys().copied().collect();
+                ids.into_iter().try_for_each(|id| self.remove_peer(id))
+            }
+            SetOp::PublicKey(pk) => {
+                at.skipping = false;
+                at.current = self.peer_id(&pk);
+                if at.current.is_none() {
+                    at.pending = Some(pk);
+                }
+                Ok(())
+            }
+            SetOp::UpdateOnly => {
+                at.skipping = at.current.is_none();
+                Ok(())
+            }
+            _ if at.skipping => Ok(()),
+            SetOp::Remove => match at.current.take() {
+                Some(id) => {
+                    at.skipping = true;
+                    self.remove_peer(id)
+                }
+                None => Ok(()),
+            },
+            SetOp::PresharedKey(k) => {
+                if let Some(id) = at.current {
+                    self.set_psk(id, Some(k));
+                }
+                Ok(())
+            }
+            SetOp::Endpoint(ep) => match at.current {
+                Some(id) => {
+                    at.new_endpoints.push(ep);
+                    self.set_peer_endpoint(id, ep)
+                }
+                None => Ok(()),
+            },
+            SetOp::PersistentKeepaliveInterval(secs) => {
+                if let Some(id) = at.current {
+                    let a = self.set_keepalive(id, secs);
+                    at.acts.push((id, a));
+                }
+                Ok(())
+            }
+            SetOp::ReplaceAllowedIps => match at.current {
+                Some(id) => self.clear_allowed(id),
+                None => Ok(()),
+            },
+            SetOp::AllowedIp(net) => match at.current {
+                Some(id) => self.add_allowed(id, net),
+                None => Ok(()),
+            },
+        }
     }
 
     fn fail(&self, e: DaemonError) -> i32 {
