@@ -16,6 +16,7 @@ use super::inject::packet_socket;
 use super::peers::endpoint_of;
 use super::{io, Daemon, DaemonError, HandshakeStats};
 use crate::{
+    allowed_ips::AllowedIps,
     config::PeerSpec,
     cookie::LoadDetector,
     datapath::{AttachMode, Datapath, ModePolicy, TunnelSetup},
@@ -206,6 +207,9 @@ impl Daemon {
                     .or(st.spec.endpoint);
             st.stats = d.dp.peer_stats(id).unwrap_or_default();
             d.restore_sessions(id, &mut st, now)?;
+            for net in &st.spec.allowed_ips {
+                d.allowed.insert(*net, id);
+            }
             tracing::info!(peer = %st.spec.public_key.short(), id, "peer adopted");
             d.peers.insert(id, st);
         }
@@ -232,6 +236,7 @@ impl Daemon {
             checker: None,
             load: LoadDetector::new(),
             peers: BTreeMap::new(),
+            allowed: AllowedIps::new(),
             by_index: HashMap::new(),
             sock: p.sock,
             listen_port: p.listen_port,

@@ -55,6 +55,7 @@ use self::peers::PeerState;
 pub use self::status::{HandshakeStats, PeerStatus, Status};
 pub use self::uapi::serve_uapi;
 use crate::{
+    allowed_ips::AllowedIps,
     cookie::{CookieChecker, LoadDetector},
     datapath::{AttachMode, Datapath},
     keys::PrivateKey,
@@ -110,6 +111,9 @@ pub struct Daemon {
     checker: Option<CookieChecker>,
     load: LoadDetector,
     peers: BTreeMap<u32, PeerState>,
+    /// AllowedIPs prefix → peer id, the owners of the prefixes in the
+    /// peers' specs (the data path's LPM tries hold the same).
+    allowed: AllowedIps<u32>,
     /// Local receiver index → peer id, for sessions and handshakes.
     by_index: HashMap<u32, u32>,
     sock: UdpSocket,

@@ -206,13 +206,13 @@ impl Daemon {
     }
 
     /// Routes `net` to peer `id`; a prefix belongs to one peer, so it
-    /// moves from whoever had it.
+    /// moves from whoever had it. As kernel WireGuard does, silently there;
+    /// here with a warning, since two peers claiming one prefix in a
+    /// configuration is usually a mistake.
     pub(super) fn add_allowed(&mut self, id: u32, net: IpNet) -> Result<(), DaemonError> {
         let net = net.trunc();
-        for (other, p) in self.peers.iter_mut() {
-            if *other != id {
-                p.spec.allowed_ips.retain(|n| *n != net);
-            }
+        if let Some(other) = self.allowed.insert(net, id) {
+            self.prefix_moved(net, other, id);
         }
         if let Some(p) = self.peers.get_mut(&id) {
             if !p.spec.allowed_ips.contains(&net) {
@@ -223,12 +223,36 @@ impl Daemon {
         Ok(())
     }
 
+    /// `net` was peer `from`'s and is now `to`'s: out of `from`'s spec, and
+    /// a warning naming both (by their short public keys).
+    fn prefix_moved(&mut self, net: IpNet, from: u32, to: u32) {
+        let Some(old) = self.peers.get_mut(&from) else {
+            return;
+        };
+        old.spec.allowed_ips.retain(|n| *n != net);
+        let from_peer = old.spec.public_key.short();
+        let to_peer = self
+            .peers
+            .get(&to)
+            .map(|p| p.spec.public_key.short())
+            .unwrap_or_default();
+        tracing::warn!(
+            prefix = %net,
+            %from_peer,
+            %to_peer,
+            "AllowedIPs overlap between two peers: the prefix moves to the later one, as in kernel WireGuard. Fix: give each prefix to one peer"
+        );
+    }
+
     pub(super) fn clear_allowed(&mut self, id: u32) -> Result<(), DaemonError> {
         let nets = self
             .peers
             .get_mut(&id)
             .map(|p| std::mem::take(&mut p.spec.allowed_ips))
             .unwrap_or_default();
+        for net in &nets {
+            self.allowed.remove(*net);
+        }
         for net in nets {
             self.dp.remove_allowed(net.network(), net.prefix_len())?;
         }
