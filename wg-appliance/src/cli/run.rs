@@ -3,15 +3,20 @@
 
 use std::{
     io::Write as _,
+    net::SocketAddr,
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::{bail, Context as _};
-use tokio::sync::Notify;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::Notify,
+};
 use wg_appliance::{
+    config::Config,
     daemon::{self, Daemon},
     link, metrics,
 };
@@ -42,17 +47,11 @@ pub fn run_daemon(plan: Plan, ready: Option<std::fs::File>) -> anyhow::Result<()
     r
 }
 
+/// Brings the daemon up (with the hooks, routes and sockets around it),
+/// runs it until told to stop, and takes it down again.
 async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
     let ifname = plan.ifname.clone();
-    std::fs::create_dir_all(UAPI_DIR).with_context(|| format!("creating {UAPI_DIR}"))?;
-    let _ = std::fs::set_permissions(UAPI_DIR, std::fs::Permissions::from_mode(0o755));
-    let sock_path = PathBuf::from(format!("{UAPI_DIR}/{ifname}.sock"));
-    if sock_path.exists() {
-        if UnixStream::connect(&sock_path).is_ok() {
-            bail!("{ifname} is already running (its UAPI socket {} answers). Fix: `wg-appliance down {ifname}` first", sock_path.display());
-        }
-        std::fs::remove_file(&sock_path).ok();
-    }
+    let sock_path = claim_uapi_socket(&ifname)?;
     if let Some(c) = &plan.config {
         hooks(&ifname, &c.interface.pre_up, "PreUp")?;
     }
@@ -69,29 +68,13 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
             return Err(e.into());
         }
     }
-    let setup = async {
-        if let Some(c) = &plan.config {
-            add_routes(&daemon, c).await?;
-            hooks(&ifname, &c.interface.post_up, "PostUp")?;
-        }
-        // Root only: the socket hands out the private key.
-        let old = unsafe { libc::umask(0o077) };
-        let listener = tokio::net::UnixListener::bind(&sock_path);
-        // SAFETY: restoring the previous mask.
-        unsafe { libc::umask(old) };
-        let listener = listener.with_context(|| format!("creating the UAPI socket {}", sock_path.display()))?;
-        let metrics_listener = match plan.metrics {
-            Some(addr) => match metrics::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(address = %addr, error = %e, "metrics endpoint not started; choose another address with --metrics or Metrics = in [Appliance]");
-                    None
-                }
-            },
-            None => None,
-        };
-        anyhow::Ok((listener, metrics_listener))
-    }
+    let setup = finish_bring_up(
+        &daemon,
+        &ifname,
+        plan.config.as_ref(),
+        plan.metrics,
+        &sock_path,
+    )
     .await;
     let (listener, metrics_listener) = match setup {
         Ok(v) => v,
@@ -109,39 +92,7 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
         let _ = f.write_all(b"ok");
     }
 
-    // Stop on SIGTERM/SIGINT, or when the UAPI socket disappears (which is
-    // how `wg-quick down` and `wg-appliance down` stop a userspace daemon).
-    let stop = Arc::new(Notify::new());
-    {
-        let stop = Arc::clone(&stop);
-        let path = sock_path.clone();
-        let ifname_watch = ifname.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let mut int =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tokio::select! {
-                    _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
-                    _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
-                    _ = tick.tick() => {
-                        if !path.exists() {
-                            tracing::info!("UAPI socket removed; going down");
-                            break;
-                        }
-                        // `wg-quick down` deletes the link itself.
-                        if link::ifindex(&ifname_watch).is_none() {
-                            tracing::info!("interface deleted; going down");
-                            break;
-                        }
-                    }
-                }
-            }
-            stop.notify_one();
-        });
-    }
+    let stop = stop_when_told(sock_path.clone(), ifname.clone());
     let r = daemon.run(stop).await;
     if let Some(c) = &plan.config {
         let _ = hooks(&ifname, &c.interface.pre_down, "PreDown");
@@ -153,4 +104,87 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
     }
     r?;
     Ok(())
+}
+
+/// The UAPI socket's path for `ifname`, its directory made; refused if a
+/// daemon answers there already, a stale socket removed.
+fn claim_uapi_socket(ifname: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(UAPI_DIR).with_context(|| format!("creating {UAPI_DIR}"))?;
+    let _ = std::fs::set_permissions(UAPI_DIR, std::fs::Permissions::from_mode(0o755));
+    let sock_path = PathBuf::from(format!("{UAPI_DIR}/{ifname}.sock"));
+    if sock_path.exists() {
+        if UnixStream::connect(&sock_path).is_ok() {
+            bail!("{ifname} is already running (its UAPI socket {} answers). Fix: `wg-appliance down {ifname}` first", sock_path.display());
+        }
+        std::fs::remove_file(&sock_path).ok();
+    }
+    Ok(sock_path)
+}
+
+/// Bring-up once the daemon runs: routes and PostUp hooks (from a file),
+/// then the UAPI socket and the metrics endpoint (a warning, not an error,
+/// if its address is taken).
+async fn finish_bring_up(
+    daemon: &Daemon,
+    ifname: &str,
+    config: Option<&Config>,
+    metrics: Option<SocketAddr>,
+    sock_path: &Path,
+) -> anyhow::Result<(UnixListener, Option<TcpListener>)> {
+    if let Some(c) = config {
+        add_routes(daemon, c).await?;
+        hooks(ifname, &c.interface.post_up, "PostUp")?;
+    }
+    // Root only: the socket hands out the private key.
+    let old = unsafe { libc::umask(0o077) };
+    let listener = UnixListener::bind(sock_path);
+    // SAFETY: restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener =
+        listener.with_context(|| format!("creating the UAPI socket {}", sock_path.display()))?;
+    let metrics_listener = match metrics {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(address = %addr, error = %e, "metrics endpoint not started; choose another address with --metrics or Metrics = in [Appliance]");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok((listener, metrics_listener))
+}
+
+/// Notified on SIGTERM/SIGINT, or when the UAPI socket disappears (which
+/// is how `wg-quick down` and `wg-appliance down` stop a userspace daemon)
+/// or the interface does.
+fn stop_when_told(path: PathBuf, ifname: String) -> Arc<Notify> {
+    let stop = Arc::new(Notify::new());
+    let notify = Arc::clone(&stop);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut int =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
+                _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
+                _ = tick.tick() => {
+                    if !path.exists() {
+                        tracing::info!("UAPI socket removed; going down");
+                        break;
+                    }
+                    // `wg-quick down` deletes the link itself.
+                    if link::ifindex(&ifname).is_none() {
+                        tracing::info!("interface deleted; going down");
+                        break;
+                    }
+                }
+            }
+        }
+        notify.notify_one();
+    });
+    stop
 }
