@@ -1,6 +1,5 @@
-//! The primitives of the WireGuard paper (section 5.4) that the handshake
-//! (`noise`) and the cookies (`cookie`) share: BLAKE2s HASH, keyed MAC,
-//! HMAC and KDF, the AEAD nonce, and the protocol's constant labels.
+//! The paper's primitives (section 5.4) that `noise` and `cookie` share:
+//! BLAKE2s HASH, MAC, HMAC and KDF, the AEAD nonce, the protocol's labels.
 
 use blake2::digest::consts::U16;
 use blake2::digest::Mac;

@@ -1,6 +1,5 @@
-//! Framing of WireGuard's fixed-size messages (initiation, response, cookie
-//! reply), shared by `noise` and `cookie`: exact length, type byte and zero
-//! reserved bytes, checked before any cryptography.
+//! Framing of the fixed-size messages, shared by `noise` and `cookie`: exact
+//! length, type byte and zero reserved bytes, checked before any cryptography.
 
 /// Why a fixed-size message was refused before any cryptography. The
 /// handshake reports these as the same-named [`crate::noise::NoiseError`]

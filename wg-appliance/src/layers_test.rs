@@ -1,9 +1,8 @@
-//! Keeps the layer table in the crate documentation (lib.rs) true: reads
-//! the sources, collects which top-level module uses which (`crate::x`, and
-//! `wg_appliance::x` in the binary), and fails on a module the table does
-//! not place, on a use of a higher layer, and on any cycle.
+//! Keeps the layer table in lib.rs true: collects which module uses which,
+//! and fails on a module the table lacks, a use of a higher layer, a cycle.
 //!
-//! Test code is left out: `#[cfg(test)]` modules may use anything.
+//! Uses are `crate::x` (and `wg_appliance::x` in the binary); test code
+//! is left out, as `#[cfg(test)]` modules may use anything.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,6 +1,5 @@
-//! The command line: clap's description of every command and flag.
-//! [`command`] gives the whole `clap::Command` (for completions, and for a
-//! man page generator).
+//! The command line as clap describes it; [`command`] gives the whole
+//! `clap::Command` (for completions and help, and for a man page generator).
 
 use std::path::PathBuf;
 

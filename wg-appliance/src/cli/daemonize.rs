@@ -1,6 +1,5 @@
-//! Detaching the daemon: fork, a new session, stdio to the log file, and a
-//! pipe on which the child says when the interface and UAPI socket are up
-//! (or why not), so the parent exits only then.
+//! Detaching the daemon (fork, setsid, stdio to its log), and a pipe on which
+//! the child says it is up, or why not, before the parent exits.
 
 use std::{
     io::Read as _,

@@ -1,6 +1,5 @@
 //! What to bring up, from the flags, the configuration file and the
-//! environment, all validated before any fork so that errors reach the
-//! terminal.
+//! environment, validated before any fork so that errors reach the terminal.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 

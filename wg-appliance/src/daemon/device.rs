@@ -1,6 +1,5 @@
-//! The device's life: bringing the interface and data path up (fresh, or
-//! adopting one a killed daemon left running), its UDP socket and settings,
-//! the state saved for a restart, and taking it all down again.
+//! The device's life: bring-up (fresh, or adopting the data path a killed
+//! daemon left running), the UDP socket and settings, saved state, teardown.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -1,7 +1,5 @@
-//! What drives the peers' timers: the data path's events (a packet staged
-//! for want of a session, a session due for rekeying, a roam, a missing
-//! neighbour), the 100 ms tick that turns per-peer counters into timer
-//! events, and the actions the timers return.
+//! What drives the peers' timers: data-path events, the 100 ms tick that
+//! reads per-peer counters, and the actions the timers return.
 
 use std::{
     net::SocketAddr,

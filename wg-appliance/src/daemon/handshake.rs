@@ -1,7 +1,5 @@
-//! Handshake messages off the UDP socket: admission (mac1, and cookies
-//! under load), initiations and responses through `noise`, cookie replies
-//! into the peer's jar, and the endpoint an authenticated handshake came
-//! from.
+//! Handshake messages off the UDP socket: admission (mac1, cookies under
+//! load), initiations, responses, cookie replies, and roaming by handshake.
 
 use std::{
     net::SocketAddr,

@@ -1,7 +1,5 @@
-//! Injection of control-plane frames into the tunnel: keepalives and the
-//! packets staged while a handshake was under way go out of `wg0` through
-//! an AF_PACKET socket and reach `tun_tx`, which encrypts them, so the data
-//! path stays the only user of each session's send counter.
+//! Control-plane frames into the tunnel: keepalives and staged packets leave
+//! through `wg0` so that `tun_tx` encrypts them (BPF owns every send counter).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 

@@ -1,6 +1,5 @@
-//! The peer table: each peer's configuration, handshake, timers, staged
-//! packets and counters, and the writes that keep the data path's peer
-//! slots and AllowedIPs in step with it.
+//! The peer table (spec, handshake, timers, staged packets, counters, owners
+//! of AllowedIPs) and its writes to the data path's peer slots and LPM tries.
 
 use std::{
     collections::VecDeque,

@@ -1,6 +1,5 @@
-//! Sessions in the data path: installing the keys a handshake produced,
-//! taking an adopted data path's sessions back into the timers, and seeing
-//! when a pending session has been confirmed by traffic.
+//! Sessions in the data path: installing a handshake's keys, taking back an
+//! adopted data path's sessions, seeing a pending one confirmed by traffic.
 
 use std::time::{Duration, SystemTime};
 

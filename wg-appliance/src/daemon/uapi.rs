@@ -1,6 +1,5 @@
-//! The UAPI side of the daemon: `get` answers from a snapshot of the
-//! device, `set` applies its operations in wire order, and each connection
-//! to the socket hands its requests to the daemon's task as [`Command`]s.
+//! UAPI on the daemon's side: `get` from a snapshot, `set` applied in wire
+//! order, and the socket's connections handing requests to the task.
 
 use std::{net::SocketAddr, time::Duration};
 
