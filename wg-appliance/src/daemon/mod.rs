@@ -54,6 +54,10 @@ pub use self::device::{DeviceSpec, InterfaceOptions};
 use self::peers::PeerState;
 pub use self::status::{HandshakeStats, PeerStatus, Status};
 pub use self::uapi::serve_uapi;
+/// The peers a [`DeviceSpec`] lists. Defined with the configuration (persist
+/// saves them too) and named here as well, being part of the daemon's input:
+/// `daemon::PeerSpec` keeps working for the crates that build a DeviceSpec.
+pub use crate::config::PeerSpec;
 use crate::{
     allowed_ips::AllowedIps,
     cookie::{CookieChecker, LoadDetector},
