@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use wg_appliance::{
-    daemon::{DeviceSpec, PeerSpec},
+    config::PeerSpec,
+    daemon::DeviceSpec,
     datapath::ModePolicy,
     keys::{PrivateKey, PublicKey},
 };

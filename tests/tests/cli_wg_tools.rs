@@ -387,6 +387,100 @@ fn up_show_down_from_a_config_file() {
     let _ = std::fs::remove_file(format!("/var/log/wg-appliance/{ifname}.log"));
 }
 
+/// Two peers claiming one AllowedIPs prefix: as in kernel WireGuard the
+/// later one gets it, from a configuration file and over UAPI alike, and
+/// the daemon warns, naming the prefix and both peers (by short public
+/// key, never a private one).
+#[test]
+fn an_allowed_ip_claimed_twice_moves_to_the_later_peer_with_a_warning() {
+    if let Some(why) = netns_unavailable() {
+        skip(
+            "an_allowed_ip_claimed_twice_moves_to_the_later_peer_with_a_warning",
+            &why,
+        );
+        return;
+    }
+    let bin = appliance_bin().expect("binary");
+    let l = lab();
+    let ifname = unique_name("o");
+    let gw_key = PrivateKey::generate();
+    let (a, b) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    let conf = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\n\n[Appliance]\nWAN = {}\nMetrics = off\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.95.0.5/32, 10.95.0.6/32\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.95.0.5/32\n",
+        &*gw_key.to_base64(),
+        l.veth.a,
+        a.to_base64(),
+        b.to_base64()
+    );
+    let path = write_conf(&ifname, &conf, 0o600);
+    let _guard = DaemonGuard(ifname.clone());
+    let bin = bin.to_str().expect("bin");
+    l.gw.exec(bin, &["up", path.to_str().expect("path")])
+        .expect("wg-appliance up");
+    let allowed = |who: &PublicKey| -> String {
+        let out = stdout(
+            l.gw.exec("wg", &["show", &ifname, "allowed-ips"])
+                .expect("wg show allowed-ips"),
+        );
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&who.to_base64()))
+            .unwrap_or_else(|| panic!("no line for a peer in:\n{out}"));
+        line.split('\t').nth(1).unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        allowed(&a),
+        "10.95.0.6/32",
+        "the first peer lost the prefix"
+    );
+    assert_eq!(allowed(&b), "10.95.0.5/32", "the later peer has it");
+
+    // Over UAPI, back to the first peer.
+    l.gw.exec(
+        "wg",
+        &[
+            "set",
+            &ifname,
+            "peer",
+            &a.to_base64(),
+            "allowed-ips",
+            "10.95.0.5/32,10.95.0.6/32",
+        ],
+    )
+    .expect("wg set");
+    assert_eq!(allowed(&b), "(none)");
+    assert!(allowed(&a).contains("10.95.0.5/32"));
+
+    let log_path = format!("/var/log/wg-appliance/{ifname}.log");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("AllowedIPs overlap") && l.contains("prefix=10.95.0.5/32"))
+        .collect();
+    let (sa, sb) = (a.short(), b.short());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(&format!("from_peer={sa}")) && w.contains(&format!("to_peer={sb}"))),
+        "no warning for the file's overlap in the log:\n{log}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(&format!("from_peer={sb}")) && w.contains(&format!("to_peer={sa}"))),
+        "no warning for the UAPI move in the log:\n{log}"
+    );
+    assert_eq!(warnings.len(), 2, "one warning per move:\n{log}");
+    assert_no_keys("daemon log", &log, &[&gw_key]);
+
+    l.gw.exec(bin, &["down", &ifname]).expect("down");
+    let _ = std::fs::remove_file(&log_path);
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn bad_configs_are_refused_with_the_fix() {
     if let Some(why) = netns_unavailable() {

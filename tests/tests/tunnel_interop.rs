@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use wg_appliance::{daemon::PeerSpec, keys::PrivateKey};
+use wg_appliance::{config::PeerSpec, keys::PrivateKey};
 use wg_appliance_tests::{
     appliance::Appliance,
     netns_unavailable,

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use wg_appliance::{daemon::PeerSpec, keys::PrivateKey};
+use wg_appliance::{config::PeerSpec, keys::PrivateKey};
 use wg_appliance_tests::{
     proc::{iperf3, mss_of, Capture, Proto},
     require_netns, skip,

@@ -5,11 +5,7 @@
 
 use std::time::Duration;
 
-use wg_appliance::{
-    daemon::{DeviceSpec, PeerSpec},
-    datapath::ModePolicy,
-    keys::PrivateKey,
-};
+use wg_appliance::{config::PeerSpec, daemon::DeviceSpec, datapath::ModePolicy, keys::PrivateKey};
 use wg_appliance_tests::{
     appliance::Appliance, netns_unavailable, skip, unique_name, wait_until, Netns, Veth,
 };

@@ -93,6 +93,18 @@ impl PeerConfig {
     }
 }
 
+/// One peer as the daemon runs it: a [`PeerConfig`] with its endpoint
+/// resolved. The daemon's peer table and the saved state (`persist`) hold
+/// these.
+#[derive(Clone, Debug)]
+pub struct PeerSpec {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    pub persistent_keepalive: Option<u16>,
+}
+
 /// A peer's endpoint as written: an IP literal or a DNS name, and a port.
 /// IPv6 literals are stored without brackets (`fd00::1`, or `fe80::1%eth0`
 /// with a zone).

@@ -23,8 +23,9 @@ use rand_core::{CryptoRng, RngCore};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::crypto::{hash, mac, LABEL_COOKIE, LABEL_MAC1};
+use crate::framing::{expect_fixed, FramingError};
 use crate::keys::PublicKey;
-use crate::noise::{expect_fixed, hash, mac, NoiseError, LABEL_COOKIE, LABEL_MAC1};
 use wg_ebpf_common::{COOKIE_REPLY_LEN, MSG_COOKIE_REPLY};
 
 /// How long a cookie secret is used before a new one is drawn (and how long a
@@ -43,7 +44,7 @@ const MACS_LEN: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CookieError {
     #[error("{0}")]
-    Framing(#[from] NoiseError),
+    Framing(#[from] FramingError),
     #[error("cookie reply arrived but we have not sent a handshake message it could answer (stale or unsolicited; drop it)")]
     NotExpected,
     #[error("cookie reply did not decrypt: not from this peer, or not answering our last message (drop it)")]

@@ -1,17 +1,45 @@
 //! wg-appliance: an XDP-accelerated, WireGuard-compatible VPN gateway.
 //!
-//! The protocol modules (`keys`, `noise`, `cookie`, `session`, `timers`,
-//! `allowed_ips`) are sans-I/O: bytes and time in, bytes and actions out.
-//! `datapath` loads and attaches the BPF programs and reads their maps; it
-//! holds no protocol logic.
+//! # Layers
+//!
+//! The modules stand in layers. A module uses modules of its own layer or
+//! of lower ones, never a higher one, and no modules use each other in a
+//! circle. `layers_test` reads this table and checks both against the code
+//! (test code aside), so the table is the layering, not a picture of it.
+//!
+//! | Layer | Modules | What they are |
+//! |-------|---------|---------------|
+//! | 0 protocol | `keys` `crypto` `framing` `cookie` `noise` `session` `timers` `allowed_ips` `config` `uapi` | Sans-I/O: bytes and time in, bytes and actions out. |
+//! | 1 kernel I/O | `link` `persist` `datapath` | The tunnel interfaces (rtnetlink), pins and saved state, the BPF programs and maps; no protocol logic. |
+//! | 2 control plane | `daemon` | One task that wires the protocol to the kernel, the UDP and UAPI sockets and time. |
+//! | 3 services | `metrics` `bench` | Beside a daemon: the Prometheus endpoint, the A/B bench. |
+//! | 4 command | `cli` | The binary: `main.rs` parses, `cli/` runs each command. |
+//!
+//! Within and across layers, `a ─> b` reads "a uses b":
+//!
+//! ```text
+//! 4  cli
+//!     │
+//! 3  metrics ─> daemon           bench ─> noise, keys
+//!     │
+//! 2  daemon/ (mod: the actor; device, peers, handshake, sessions, events,
+//!     │       inject, uapi, status)
+//!     │
+//! 1  datapath ─> persist ─> config       link
+//!     │
+//! 0  timers ─> session ─> noise ─> cookie ─> crypto, framing, keys
+//!    uapi ─> keys     config ─> keys     allowed_ips
+//! ```
 
 pub mod allowed_ips;
 pub mod bench;
 pub mod build_info;
 pub mod config;
 pub mod cookie;
+pub mod crypto;
 pub mod daemon;
 pub mod datapath;
+pub mod framing;
 pub mod keys;
 pub mod link;
 pub mod metrics;
@@ -20,3 +48,6 @@ pub mod persist;
 pub mod session;
 pub mod timers;
 pub mod uapi;
+
+#[cfg(test)]
+mod layers_test;

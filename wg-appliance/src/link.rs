@@ -289,6 +289,57 @@ pub async fn wan_interfaces(
     Ok(names)
 }
 
+/// The interface the kernel would send to `ep` from (route lookup through a
+/// connected UDP socket, which sends nothing).
+pub fn egress_ifindex(ep: SocketAddr) -> Option<u32> {
+    let bind: SocketAddr = if ep.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .ok()?;
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(ep).ok()?;
+    let local = s.local_addr().ok()?.ip();
+    interface_with_address(local)
+}
+
+fn interface_with_address(ip: IpAddr) -> Option<u32> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of the family it says.
+            let addr = unsafe {
+                match (*ifa.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()))
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::from(sa.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                }
+            };
+            if addr == Some(ip) {
+                // SAFETY: ifa_name is a NUL-terminated string.
+                found = Some(unsafe { libc::if_nametoindex(ifa.ifa_name) });
+                break;
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    found.filter(|i| *i != 0)
+}
+
 fn ifname_of(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes as the call requires.

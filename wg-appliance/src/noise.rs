@@ -22,28 +22,21 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blake2::digest::consts::U16;
-use blake2::digest::Mac;
-use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
-use hmac::SimpleHmac;
 use rand_core::{CryptoRng, RngCore};
 use x25519_dalek::StaticSecret;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::cookie::CookieJar;
+use crate::crypto::{aead_nonce, hash, kdf, CONSTRUCTION, HASH_LEN, IDENTIFIER};
+use crate::framing::{expect_fixed, fixed, FramingError};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey, KEY_LEN};
 
 pub use wg_ebpf_common::{
     COOKIE_REPLY_LEN, HANDSHAKE_INITIATION_LEN, HANDSHAKE_RESPONSE_LEN, MSG_COOKIE_REPLY,
     MSG_HANDSHAKE_INITIATION, MSG_HANDSHAKE_RESPONSE, MSG_TRANSPORT_DATA, TRANSPORT_MIN_LEN,
 };
-
-pub const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
-pub const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
-pub const LABEL_MAC1: &[u8] = b"mac1----";
-pub const LABEL_COOKIE: &[u8] = b"cookie--";
 
 /// The responder accepts at most this many initiations per second per peer
 /// (the driver's INITIATIONS_PER_SECOND); also sets the timestamp whitening.
@@ -54,7 +47,6 @@ const TAI64_EPOCH: u64 = 0x4000_0000_0000_000a;
 /// does not leak a precise clock (rounddown_pow_of_two(1e9 / 50) = 2^24).
 const TAI64N_WHITENING_NS: u32 = 1 << 24;
 
-const HASH_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 const TIMESTAMP_LEN: usize = 12;
 /// Byte offsets inside the handshake messages (paper section 5.4.2, 5.4.3).
@@ -70,56 +62,7 @@ const RESP_EMPTY: usize = 44;
 const RESP_MAC1: usize = 60;
 
 // ---------------------------------------------------------------------------
-// Primitives (paper section 5.4): HASH, MAC, HMAC, KDF, AEAD.
-
-pub(crate) fn hash(parts: &[&[u8]]) -> [u8; HASH_LEN] {
-    let mut h = Blake2s256::new();
-    for p in parts {
-        Digest::update(&mut h, p);
-    }
-    h.finalize().into()
-}
-
-/// Keyed BLAKE2s with a 16-byte output. `key` is at most 32 bytes by
-/// construction (a hash or a 16-byte cookie), so creation cannot fail.
-pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    let mut m = match <Blake2sMac<U16> as KeyInit>::new_from_slice(key) {
-        Ok(m) => m,
-        // Unreachable for our fixed key sizes; keep the function total anyway.
-        Err(_) => return [0u8; 16],
-    };
-    for p in parts {
-        Mac::update(&mut m, p);
-    }
-    Mac::finalize(m).into_bytes().into()
-}
-
-fn hmac(key: &[u8], parts: &[&[u8]]) -> Zeroizing<[u8; HASH_LEN]> {
-    // HMAC accepts keys of any length.
-    let mut m = <SimpleHmac<Blake2s256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    for p in parts {
-        Mac::update(&mut m, p);
-    }
-    Zeroizing::new(Mac::finalize(m).into_bytes().into())
-}
-
-/// HKDF as the paper defines it: returns (T1, T2, T3); callers take what
-/// they need (KDF1/KDF2/KDF3).
-fn kdf(key: &[u8; HASH_LEN], input: &[u8]) -> [Zeroizing<[u8; HASH_LEN]>; 3] {
-    let t0 = hmac(key, &[input]);
-    let t1 = hmac(&t0[..], &[&[1u8]]);
-    let t2 = hmac(&t0[..], &[&t1[..], &[2u8]]);
-    let t3 = hmac(&t0[..], &[&t2[..], &[3u8]]);
-    [t1, t2, t3]
-}
-
-/// The 96-bit AEAD nonce: 32 zero bits, then the counter little-endian.
-pub(crate) fn aead_nonce(counter: u64) -> [u8; 12] {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    n
-}
+// Handshake steps on top of `crate::crypto`: AEAD with nonce 0, DH.
 
 /// Seal `buf` in place (counter 0: every handshake key is used once).
 fn seal(key: &[u8; 32], buf: &mut [u8], aad: &[u8]) -> [u8; TAG_LEN] {
@@ -230,10 +173,10 @@ impl<'a> Message<'a> {
         };
         match ty {
             MSG_HANDSHAKE_INITIATION => {
-                fixed(rest, "handshake initiation").map(Message::Initiation)
+                Ok(Message::Initiation(fixed(rest, "handshake initiation")?))
             }
-            MSG_HANDSHAKE_RESPONSE => fixed(rest, "handshake response").map(Message::Response),
-            MSG_COOKIE_REPLY => fixed(rest, "cookie reply").map(Message::CookieReply),
+            MSG_HANDSHAKE_RESPONSE => Ok(Message::Response(fixed(rest, "handshake response")?)),
+            MSG_COOKIE_REPLY => Ok(Message::CookieReply(fixed(rest, "cookie reply")?)),
             MSG_TRANSPORT_DATA if rest.len() >= TRANSPORT_MIN_LEN => Ok(Message::Transport(rest)),
             MSG_TRANSPORT_DATA => Err(NoiseError::WrongLength {
                 what: "transport data message",
@@ -245,31 +188,23 @@ impl<'a> Message<'a> {
     }
 }
 
-fn fixed<'a, const N: usize>(b: &'a [u8], what: &'static str) -> Result<&'a [u8; N], NoiseError> {
-    b.try_into().map_err(|_| NoiseError::WrongLength {
-        what,
-        expected: N,
-        got: b.len(),
-    })
-}
-
-/// Check length, type and reserved bytes of a message of fixed size `N`.
-pub(crate) fn expect_fixed<'a, const N: usize>(
-    b: &'a [u8],
-    ty: u8,
-    what: &'static str,
-) -> Result<&'a [u8; N], NoiseError> {
-    let m: &[u8; N] = fixed(b, what)?;
-    if m[0] != ty {
-        return Err(NoiseError::WrongType {
-            expected: ty,
-            got: m[0],
-        });
+/// Framing errors keep their names and wording as handshake errors.
+impl From<FramingError> for NoiseError {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::WrongLength {
+                what,
+                expected,
+                got,
+            } => NoiseError::WrongLength {
+                what,
+                expected,
+                got,
+            },
+            FramingError::WrongType { expected, got } => NoiseError::WrongType { expected, got },
+            FramingError::ReservedNotZero => NoiseError::ReservedNotZero,
+        }
     }
-    if m[1..4] != [0, 0, 0] {
-        return Err(NoiseError::ReservedNotZero);
-    }
-    Ok(m)
 }
 
 // ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    daemon::PeerSpec,
+    config::PeerSpec,
     keys::{PresharedKey, PrivateKey, PublicKey},
 };
 

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 
-use crate::noise::{aead_nonce, Keypair};
+use crate::crypto::aead_nonce;
+use crate::noise::Keypair;
 use wg_ebpf_common::{
     AEAD_TAG_LEN, MSG_TRANSPORT_DATA, REJECT_AFTER_MESSAGES, TRANSPORT_HEADER_LEN,
     TRANSPORT_MIN_LEN,

@@ -1,0 +1,139 @@
+//! The command line as clap describes it; [`command`] gives the whole
+//! `clap::Command` (for completions and help, and for a man page generator).
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
+use wg_appliance::datapath::ModePolicy;
+
+/// The whole command line, as clap builds it.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// `wg-appliance [options] <ifname>`, or one of the subcommands.
+#[derive(Parser)]
+#[command(
+    name = "wg-appliance",
+    version,
+    about = "XDP-accelerated, WireGuard-compatible VPN gateway",
+    long_about = "wg-appliance is a WireGuard peer whose data plane runs in XDP: packets are \
+                  classified, filtered, decrypted and encrypted in the kernel, in front of the \
+                  network stack, spread over CPUs.\n\n\
+                  `wg-appliance wg0` creates wg0 and daemonizes; configure it with `wg` or \
+                  `WG_QUICK_USERSPACE_IMPLEMENTATION=wg-appliance wg-quick up wg0`. \
+                  `wg-appliance up wg0.conf` reads a wg-quick file itself. Needs root and a \
+                  kernel with BTF.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Interface to create (as wireguard-go and boringtun take it).
+    pub interface: Option<String>,
+    #[command(flatten)]
+    pub opts: IfaceArgs,
+}
+
+/// How a daemon runs: `<ifname>`, `run` and `up` take these.
+#[derive(Args, Clone, Debug)]
+pub struct IfaceArgs {
+    /// Stay in the foreground (also WG_PROCESS_FOREGROUND=1).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// WAN interface(s) for the XDP receive program (default: those routing
+    /// to peers' endpoints and the default route).
+    #[arg(long, value_delimiter = ',')]
+    pub wan: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<Mode>,
+    /// Spread each tunnel over CPUs packet by packet (default: per peer,
+    /// which keeps packet order).
+    #[arg(long)]
+    pub per_packet: bool,
+    /// CPUs that run the crypto programs, e.g. 0-3,6 (default: all online).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// TCP MSS to clamp SYNs to (default: from the MTU).
+    #[arg(long)]
+    pub mss: Option<u16>,
+    /// Tunnel MTU.
+    #[arg(long)]
+    pub mtu: Option<u16>,
+    /// Prometheus metrics address, or "off".
+    #[arg(long)]
+    pub metrics: Option<String>,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create an interface and run in the foreground (configure it with `wg`).
+    Run {
+        interface: String,
+        #[command(flatten)]
+        opts: IfaceArgs,
+    },
+    /// Bring up an interface from a wg-quick configuration file (its name
+    /// comes from the file name: wg0.conf → wg0), with addresses, routes for
+    /// AllowedIPs and PreUp/PostUp hooks; daemonizes unless -f.
+    Up {
+        config: PathBuf,
+        #[command(flatten)]
+        opts: IfaceArgs,
+    },
+    /// Take an interface down: the daemon removes the interface, detaches its
+    /// programs and exits.
+    Down { interface: String },
+    /// Show interfaces run by wg-appliance, as `wg show` does.
+    Show { interface: Option<String> },
+    /// Print a new private key (as `wg genkey`).
+    Genkey,
+    /// Read a private key on stdin, print its public key (as `wg pubkey`).
+    Pubkey,
+    /// Print a new preshared key (as `wg genpsk`).
+    Genpsk,
+    /// Attach only the WAN classifier (XDP `wan_rx`) to an interface and
+    /// print its counters: what passed, and every drop with its reason.
+    Classify {
+        /// Interface to attach to (e.g. eth0).
+        #[arg(long, short)]
+        interface: String,
+        /// WireGuard UDP listen port to classify.
+        #[arg(long, short, default_value_t = wg_ebpf_common::DEFAULT_LISTEN_PORT)]
+        port: u16,
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Print the counters every this many seconds while running.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+    },
+    /// A/B benchmark: wg-appliance (per-peer and per-packet steering)
+    /// against wireguard-go and boringtun-cli pairs in namespaces, with
+    /// iperf3; writes a table, JSON and an SVG chart.
+    Bench(wg_appliance::bench::BenchArgs),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// XDP attach mode as the flags spell it.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<Mode> for ModePolicy {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => ModePolicy::Auto,
+            Mode::Native => ModePolicy::Native,
+            Mode::Generic => ModePolicy::Generic,
+        }
+    }
+}

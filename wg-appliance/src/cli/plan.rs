@@ -1,0 +1,197 @@
+//! What to bring up, from the flags, the configuration file and the
+//! environment, validated before any fork so that errors reach the terminal.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{bail, Context as _};
+use wg_appliance::{
+    config::{
+        self, ApplianceConfig, Config, MetricsSetting, MssSetting, PeerSpec, Steering,
+        XdpModeSetting,
+    },
+    daemon::{DeviceSpec, InterfaceOptions},
+    datapath::{parse_cpu_list, ModePolicy},
+    link, metrics,
+};
+
+use super::{args::IfaceArgs, daemonize::Launch};
+
+/// What to bring up, validated before any fork.
+pub struct Plan {
+    pub ifname: String,
+    pub opts: InterfaceOptions,
+    pub spec: Option<DeviceSpec>,
+    pub config: Option<config::Config>,
+    pub metrics: Option<SocketAddr>,
+    pub names: metrics::FriendlyNames,
+}
+
+impl Plan {
+    pub fn new(what: Launch, a: &IfaceArgs) -> anyhow::Result<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("wg-appliance needs root (network interfaces, XDP, BPF maps). Fix: run it with sudo");
+        }
+        let (ifname, cfg) = match what {
+            Launch::Uapi(i) => (i, None),
+            Launch::Config(path) => {
+                let cfg = config::load(&path)?;
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .context(
+                        "the configuration file name gives the interface name (wg0.conf → wg0)",
+                    )?
+                    .to_owned();
+                (name, Some(cfg))
+            }
+        };
+        link::check_name(&ifname)?;
+        let app = cfg
+            .as_ref()
+            .map(|c| c.appliance.clone())
+            .unwrap_or_default();
+        let opts = interface_options(&ifname, a, &app, cfg.as_ref())?;
+        let metrics = metrics_address(a, &app)?;
+        let mut names = metrics::FriendlyNames::new();
+        if cfg.is_none() {
+            // Under wg-quick the file is not ours to read, but friendly names
+            // for metrics are taken from where wg-quick keeps it, if there.
+            if let Ok(c) = config::load(Path::new(&format!("/etc/wireguard/{ifname}.conf"))) {
+                for p in &c.peers {
+                    if let Some(n) = &p.friendly_name {
+                        names.insert(p.public_key.to_base64(), n.clone());
+                    }
+                }
+            }
+        }
+        let spec = match &cfg {
+            None => None,
+            Some(c) => Some(device_spec(c, &opts, &mut names)?),
+        };
+        Ok(Plan {
+            ifname,
+            opts,
+            spec,
+            config: cfg,
+            metrics,
+            names,
+        })
+    }
+}
+
+/// The daemon's options: each flag given, else its `[Appliance]` setting
+/// (or the file's `MTU`), else the default.
+fn interface_options(
+    ifname: &str,
+    a: &IfaceArgs,
+    app: &ApplianceConfig,
+    cfg: Option<&Config>,
+) -> anyhow::Result<InterfaceOptions> {
+    let xdp_mode = match a.xdp_mode {
+        Some(m) => m.into(),
+        None => match app.xdp_mode {
+            XdpModeSetting::Auto => ModePolicy::Auto,
+            XdpModeSetting::Native => ModePolicy::Native,
+            XdpModeSetting::Generic => ModePolicy::Generic,
+        },
+    };
+    let cpus = match &a.cpus {
+        Some(s) => Some(
+            parse_cpu_list(s)
+                .with_context(|| format!("--cpus {s}: expected a CPU list such as 0-3,6"))?,
+        ),
+        None => app.cpus.clone(),
+    };
+    let mss = a.mss.or(match app.mss {
+        MssSetting::Value(v) => Some(v),
+        MssSetting::Auto => None,
+        // The largest MSS never clamps.
+        MssSetting::Off => Some(u16::MAX),
+    });
+    let mtu = a.mtu.or(cfg.and_then(|c| c.interface.mtu)).unwrap_or(1420);
+    Ok(InterfaceOptions {
+        ifname: ifname.to_owned(),
+        mtu,
+        wan: if a.wan.is_empty() {
+            app.wan.clone()
+        } else {
+            a.wan.clone()
+        },
+        xdp_mode,
+        per_packet: a.per_packet || app.steering == Steering::PerPacket,
+        cpus,
+        mss,
+        handshake_rate: app.handshake_rate,
+        // Test hook only (the rekey test of the hitless restart); never
+        // set in production.
+        rekey_after_time: std::env::var("WG_APPLIANCE_TEST_REKEY_AFTER_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs),
+    })
+}
+
+/// `--metrics` (an address, or off), else `Metrics =` in `[Appliance]`.
+fn metrics_address(a: &IfaceArgs, app: &ApplianceConfig) -> anyhow::Result<Option<SocketAddr>> {
+    Ok(match a.metrics.as_deref() {
+        Some("off") => None,
+        Some(s) => Some(s.parse().with_context(|| {
+            format!("--metrics {s}: expected an address such as 127.0.0.1:9586, or off")
+        })?),
+        None => match app.metrics {
+            MetricsSetting::Off => None,
+            MetricsSetting::Listen(addr) => Some(addr),
+        },
+    })
+}
+
+/// The device a configuration file describes, with the peers' endpoints
+/// resolved; their friendly names go into `names`.
+fn device_spec(
+    c: &Config,
+    opts: &InterfaceOptions,
+    names: &mut metrics::FriendlyNames,
+) -> anyhow::Result<DeviceSpec> {
+    let key = c
+        .interface
+        .private_key
+        .clone()
+        .context("the configuration has no PrivateKey in [Interface]")?;
+    let mut peers = Vec::new();
+    for p in &c.peers {
+        let endpoint = match &p.endpoint {
+            Some(e) => Some(e.resolve().with_context(|| {
+                format!(
+                    "resolving the endpoint {e} of peer {}",
+                    p.public_key.short()
+                )
+            })?),
+            None => None,
+        };
+        if let Some(n) = &p.friendly_name {
+            names.insert(p.public_key.to_base64(), n.clone());
+        }
+        peers.push(PeerSpec {
+            public_key: p.public_key,
+            preshared_key: p.preshared_key.clone(),
+            endpoint,
+            allowed_ips: p.allowed_ips.clone(),
+            persistent_keepalive: p.persistent_keepalive,
+        });
+    }
+    Ok(DeviceSpec {
+        ifname: opts.ifname.clone(),
+        private_key: key,
+        listen_port: c.interface.listen_port.unwrap_or(0),
+        peers,
+        addresses: c.interface.addresses.clone(),
+        mtu: opts.mtu,
+        wan: opts.wan.clone(),
+        xdp_mode: opts.xdp_mode,
+        per_packet: opts.per_packet,
+        cpus: opts.cpus.clone(),
+        mss: opts.mss,
+        rekey_after_time: opts.rekey_after_time,
+    })
+}

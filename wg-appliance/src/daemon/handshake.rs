@@ -1,0 +1,248 @@
+//! Handshake messages off the UDP socket: admission (mac1, cookies under
+//! load), initiations, responses, cookie replies, and roaming by handshake.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use rand_core::{OsRng, RngCore};
+use wg_ebpf_common::maps::{
+    SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX, SESSION_INITIATOR,
+};
+
+use super::peers::BpfKeypair;
+use super::Daemon;
+use crate::{
+    cookie::{Admission, LoadSignal},
+    noise::{self, Message},
+    timers::Event,
+};
+
+impl Daemon {
+    pub(super) async fn on_datagram(&mut self, msg: &[u8], src: SocketAddr) {
+        let src = canonical(src);
+        let now = self.now();
+        if self.identity.is_none() {
+            return;
+        }
+        let parsed = match Message::parse(msg) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%src, error = %e, "ignored datagram");
+                return;
+            }
+        };
+        match parsed {
+            Message::Initiation(m) => self.on_initiation(m, src, now).await,
+            Message::Response(m) => self.on_response(m, src, now).await,
+            Message::CookieReply(m) => {
+                let Some(receiver) = noise::receiver_index(m) else {
+                    return;
+                };
+                let Some(&id) = self.by_index.get(&receiver) else {
+                    return;
+                };
+                if let Some(p) = self.peers.get_mut(&id) {
+                    if let Err(e) = p.hs.cookie.consume_reply(m, now) {
+                        tracing::debug!(%src, error = %e, "cookie reply refused");
+                    }
+                }
+            }
+            // Transport data reaches the socket only when the classifier
+            // passed it (no tunnel yet): nothing to do with it here.
+            Message::Transport(_) => {}
+        }
+    }
+
+    async fn on_initiation(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
+        if !self.admit(m, src, now).await {
+            return;
+        }
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let opened = match noise::open_initiation(identity, m) {
+            Ok(o) => o,
+            Err(e) => {
+                self.hs_stats.rejected += 1;
+                tracing::debug!(%src, error = %e, "handshake initiation refused");
+                return;
+            }
+        };
+        let Some(id) = self.peer_id(opened.peer_public()) else {
+            self.hs_stats.rejected += 1;
+            tracing::debug!(%src, "initiation from an unknown public key");
+            return;
+        };
+        let local_index = self.new_index(id);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let peer_short = p.spec.public_key.short();
+        if let Err(e) = p.hs.consume_initiation(opened, now) {
+            self.hs_stats.rejected += 1;
+            self.by_index.remove(&local_index);
+            tracing::debug!(peer = %peer_short, %src, error = %e, "initiation refused");
+            return;
+        }
+        let (resp, keypair) = match p.hs.create_response(&mut OsRng, local_index, now) {
+            Ok(r) => r,
+            Err(e) => {
+                self.by_index.remove(&local_index);
+                tracing::warn!(peer = %peer_short, error = %e, "could not build a handshake response");
+                return;
+            }
+        };
+        self.set_endpoint_seen(id, src);
+        // The session must be in the data path before the response leaves:
+        // the initiator answers it with data at once.
+        self.install(id, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
+        if let Err(e) = self.sock.send_to(&resp, src).await {
+            tracing::warn!(peer = %peer_short, %src, error = %e, "sending handshake response failed");
+            return;
+        }
+        self.hs_stats.completed_responder += 1;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.last_handshake = Some(SystemTime::now());
+        p.handshakes += 1;
+        p.hs_rx_bytes += m.len() as u64;
+        p.hs_tx_bytes += resp.len() as u64;
+        tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
+        let mut acts = p.timers.handle(now, Event::HandshakeInitiationReceived);
+        acts.extend(p.timers.handle(
+            now,
+            Event::HandshakeResponseSent {
+                keypair: BpfKeypair::default(),
+                local_index,
+            },
+        ));
+        self.act(id, acts).await;
+    }
+
+    async fn on_response(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
+        if !self.admit(m, src, now).await {
+            return;
+        }
+        let Some(receiver) = noise::receiver_index(m) else {
+            return;
+        };
+        let Some(&id) = self.by_index.get(&receiver) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let peer_short = p.spec.public_key.short();
+        let keypair = match p.hs.consume_response(m) {
+            Ok(k) => k,
+            Err(e) => {
+                self.hs_stats.rejected += 1;
+                tracing::debug!(peer = %peer_short, %src, error = %e, "handshake response refused");
+                return;
+            }
+        };
+        self.set_endpoint_seen(id, src);
+        self.install(
+            id,
+            &keypair,
+            SESSION_CAN_SEND | SESSION_CAN_RECV | SESSION_INITIATOR,
+        );
+        self.hs_stats.completed_initiator += 1;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.last_handshake = Some(SystemTime::now());
+        p.handshakes += 1;
+        p.hs_rx_bytes += m.len() as u64;
+        tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (initiator)");
+        let local_index = keypair.local_index();
+        let acts = p.timers.handle(
+            now,
+            Event::HandshakeResponseReceived {
+                keypair: BpfKeypair::default(),
+                local_index,
+            },
+        );
+        self.act(id, acts).await;
+    }
+
+    /// mac1/mac2 and the cookie decision. Replies with a cookie when under
+    /// load.
+    async fn admit(&mut self, msg: &[u8], src: SocketAddr, now: Duration) -> bool {
+        // The XDP limiter dropping handshakes means someone floods us: answer
+        // with cookies (mac2) until it stops, as the protocol prescribes.
+        // One counter, not all of them: this runs for every handshake
+        // message, and reading all 37 (a syscall each) held the responder to
+        // ~3,100 handshakes/s against ~4,000 now (bench --workloads
+        // handshakes).
+        let limited = self
+            .dp
+            .counter(wg_ebpf_common::Counter::DropHandshakeRateLimited)
+            .unwrap_or(0);
+        let rate_limited = limited > self.hs_limited_seen;
+        self.hs_limited_seen = limited;
+        let signal = LoadSignal {
+            queued_handshakes: 0,
+            threshold: 512,
+            rate_limited,
+        };
+        let under_load = self.load.under_load(signal, now);
+        let Some(checker) = self.checker.as_mut() else {
+            return false;
+        };
+        match checker.admit(msg, src, under_load, now, &mut OsRng) {
+            Admission::Process => true,
+            Admission::Drop => {
+                self.hs_stats.rejected += 1;
+                false
+            }
+            Admission::SendCookieReply => {
+                if let Ok(reply) = checker.create_reply(msg, src, now, &mut OsRng) {
+                    if self.sock.send_to(&reply, src).await.is_ok() {
+                        self.hs_stats.cookie_replies_sent += 1;
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// A fresh local index for peer `id`, unique among live ones, never 0.
+    pub(super) fn new_index(&mut self, id: u32) -> u32 {
+        loop {
+            let i = OsRng.next_u32();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                self.by_index.insert(i, id);
+                return i;
+            }
+        }
+    }
+
+    /// The address an authenticated handshake came from becomes the
+    /// endpoint (WireGuard's roaming, for handshakes).
+    fn set_endpoint_seen(&mut self, id: u32, src: SocketAddr) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.endpoint != Some(src) {
+            p.endpoint = Some(src);
+            if let Err(e) = self.write_peer(id) {
+                tracing::warn!(error = %e, "updating the peer's endpoint in the data path failed");
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from the dual-stack socket) as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
+    }
+}

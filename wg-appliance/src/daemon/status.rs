@@ -1,0 +1,83 @@
+//! What the daemon reports: each peer as `wg show` and the tests see it,
+//! and the whole [`Status`] the metrics endpoint reads at scrape time.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
+
+use ipnet::IpNet;
+
+use super::Daemon;
+use crate::{
+    datapath::{AttachMode, Counters},
+    keys::PublicKey,
+};
+
+/// A snapshot of a peer for `show`, metrics and tests.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    pub public_key: PublicKey,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub persistent_keepalive: Option<u16>,
+    /// Handshakes completed with this peer since the daemon started.
+    pub handshakes: u64,
+}
+
+/// Handshake outcomes, for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct HandshakeStats {
+    pub completed_initiator: u64,
+    pub completed_responder: u64,
+    pub initiations_sent: u64,
+    pub rejected: u64,
+    pub cookie_replies_sent: u64,
+}
+
+/// Everything the metrics endpoint reports, read at scrape time.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub interface: String,
+    pub listen_port: u16,
+    pub peers: Vec<PeerStatus>,
+    pub counters: Counters,
+    pub per_cpu: BTreeMap<wg_ebpf_common::Counter, Vec<u64>>,
+    pub handshakes: HandshakeStats,
+    pub sessions: usize,
+    pub tunnel_mode: AttachMode,
+    pub wan: Vec<(String, AttachMode)>,
+}
+
+impl Daemon {
+    /// The peers as `wg show` would report them.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .values()
+            .map(|p| PeerStatus {
+                public_key: p.spec.public_key,
+                endpoint: p.endpoint,
+                allowed_ips: p.spec.allowed_ips.clone(),
+                last_handshake: p.last_handshake,
+                rx_bytes: p.rx_bytes(),
+                tx_bytes: p.tx_bytes(),
+                persistent_keepalive: p.spec.persistent_keepalive,
+                handshakes: p.handshakes,
+            })
+            .collect()
+    }
+
+    pub(super) fn full_status(&self) -> Status {
+        Status {
+            interface: self.link.name.clone(),
+            listen_port: self.listen_port,
+            peers: self.status(),
+            counters: self.dp.counters().unwrap_or_default(),
+            per_cpu: self.dp.counters_per_cpu().unwrap_or_default(),
+            handshakes: self.hs_stats.clone(),
+            sessions: self.by_index.len(),
+            tunnel_mode: self.tunnel_mode,
+            wan: self.wan.clone(),
+        }
+    }
+}
