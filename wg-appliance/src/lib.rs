@@ -10,7 +10,7 @@
 //! | Layer | Modules | What they are |
 //! |-------|---------|---------------|
 //! | 0 protocol | `keys` `crypto` `framing` `cookie` `noise` `session` `timers` `allowed_ips` `config` `uapi` | Sans-I/O: bytes and time in, bytes and actions out. |
-//! | 1 kernel I/O | `link` `persist` `datapath` | The tunnel interfaces (rtnetlink), pins and saved state, the BPF programs and maps; no protocol logic. |
+//! | 1 kernel I/O | `link` `persist` `datapath` `build_info` | The tunnel interfaces (rtnetlink), pins and saved state, the BPF programs and maps, what this build is (version, commit, BPF object hash); no protocol logic. |
 //! | 2 control plane | `daemon` | One task that wires the protocol to the kernel, the UDP and UAPI sockets and time. |
 //! | 3 services | `metrics` `bench` | Beside a daemon: the Prometheus endpoint, the A/B bench. |
 //! | 4 command | `cli` | The binary: `main.rs` parses, `cli/` runs each command. |
