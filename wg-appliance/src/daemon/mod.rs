@@ -66,7 +66,7 @@ use crate::{
     link::{self, TunnelLink},
     noise::Identity,
     timers::Event,
-    uapi::{format_errno, format_get, Request},
+    uapi::{format_appliance, format_errno, format_get, Request},
 };
 
 /// Control-plane tick: counter polling and timer resolution.
@@ -78,12 +78,9 @@ pub enum DaemonError {
     Datapath(#[from] crate::datapath::DatapathError),
     #[error(transparent)]
     Link(#[from] link::LinkError),
-    #[error("UDP port {port}: {source}. Fix: choose a free ListenPort or stop what holds it (`ss -lunp 'sport = :{port}'`)")]
-    Bind {
-        port: u16,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("UDP port {port}: {error}. Fix: choose a free ListenPort or stop what holds it (`ss -lunp 'sport = :{port}'`)")]
+    Bind { port: u16, error: std::io::Error },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -127,6 +124,8 @@ pub struct Daemon {
     /// Where the configuration is saved for a restarted daemon (None: a
     /// restart will not be hitless).
     state_path: Option<std::path::PathBuf>,
+    /// Whether the pins outlive this daemon (a restart adopts the tunnel).
+    pins: crate::persist::PinLifetime,
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
     hs_stats: HandshakeStats,
@@ -235,6 +234,9 @@ impl Daemon {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
+            Command::Uapi(Request::Appliance, reply) => {
+                let _ = reply.send(format_appliance(&self.appliance_info()));
+            }
             Command::Uapi(Request::Get, reply) => {
                 let _ = reply.send(format_get(&self.snapshot()));
             }

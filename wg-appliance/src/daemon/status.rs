@@ -47,6 +47,8 @@ pub struct Status {
     pub sessions: usize,
     pub tunnel_mode: AttachMode,
     pub wan: Vec<(String, AttachMode)>,
+    /// Whether the pins outlive the daemon (a restart is hitless).
+    pub pins: crate::persist::PinLifetime,
 }
 
 impl Daemon {
@@ -78,6 +80,25 @@ impl Daemon {
             sessions: self.by_index.len(),
             tunnel_mode: self.tunnel_mode,
             wan: self.wan.clone(),
+            pins: self.pins.clone(),
         }
+    }
+
+    /// What `appliance=1` answers (see [`crate::uapi::Request::Appliance`]).
+    pub(super) fn appliance_info(&self) -> Vec<(&'static str, String)> {
+        let mut items = vec![
+            ("pins", self.pins.describe()),
+            ("hitless_restart", u8::from(self.pins.hitless()).to_string()),
+            (
+                "data_path",
+                "bpf (XDP, ChaCha20-Poly1305 in BPF)".to_owned(),
+            ),
+            ("tunnel_xdp", self.tunnel_mode.to_string()),
+        ];
+        for (dev, mode) in &self.wan {
+            items.push(("wan_xdp", format!("{dev} {mode}")));
+        }
+        items.push(("version", crate::build_info::long_version().to_owned()));
+        items
     }
 }
