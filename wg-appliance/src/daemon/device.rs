@@ -266,6 +266,8 @@ impl Daemon {
     /// A daemon over a data path, link and sockets, with no key or peers yet.
     fn assemble(p: Parts) -> Self {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (done_tx, hs_done) = mpsc::unbounded_channel();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         Daemon {
             rekey_after_time: p.opts.rekey_after_time,
             dp: p.dp,
@@ -288,6 +290,8 @@ impl Daemon {
             wan: p.wan,
             tunnel_mode: p.tunnel_mode,
             hs_stats: HandshakeStats::default(),
+            hs_pool: super::hs_pool::HandshakePool::new(workers, done_tx),
+            hs_done,
             hs_limited_seen: 0,
             ticks: 0,
             cmd_tx,
@@ -496,6 +500,23 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
             &off as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as u32,
         );
+        // Room for a burst of handshake messages (4 MiB: ~28,000 of them,
+        // beyond the 4,096 the worker queue holds) so a legitimate peer's
+        // retry is not lost behind a flood's burst; past rmem_max as root,
+        // best effort otherwise.
+        let rcvbuf: libc::c_int = 4 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &rcvbuf as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            ) == 0
+            {
+                break;
+            }
+        }
         let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
         sa.sin6_family = libc::AF_INET6 as u16;
         sa.sin6_port = port.to_be();

@@ -31,6 +31,7 @@
 mod device;
 mod events;
 mod handshake;
+mod hs_pool;
 mod inject;
 mod peers;
 mod sessions;
@@ -108,7 +109,8 @@ pub struct Daemon {
     opts: InterfaceOptions,
     rekey_after_time: Option<Duration>,
     private_key: Option<PrivateKey>,
-    identity: Option<Identity>,
+    /// Shared with the handshake workers.
+    identity: Option<Arc<Identity>>,
     checker: Option<CookieChecker>,
     load: LoadDetector,
     peers: BTreeMap<u32, PeerState>,
@@ -129,6 +131,9 @@ pub struct Daemon {
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
     hs_stats: HandshakeStats,
+    /// The responder's expensive steps, off this task.
+    hs_pool: hs_pool::HandshakePool,
+    hs_done: mpsc::UnboundedReceiver<hs_pool::Done>,
     /// Handshakes the XDP limiter had dropped at the last look.
     hs_limited_seen: u64,
     ticks: u64,
@@ -227,6 +232,7 @@ impl Daemon {
                     }
                 }
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd).await,
+                Some(done) = self.hs_done.recv() => self.on_handshake_done(done).await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
