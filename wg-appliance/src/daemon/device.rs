@@ -135,6 +135,11 @@ impl Daemon {
             }
         }
         let ifname = opts.ifname.clone();
+        // No such interface here: pins or state under its name are stale (a
+        // namespace that died and whose inode number a new one reuses).
+        if link::ifindex(&ifname).is_none() {
+            crate::persist::remove_pins_and_state(&ifname);
+        }
         let tlink = link::create_tunnel(&handle, &ifname, opts.mtu).await?;
         match Self::start_on(opts, listen_port, endpoints, tlink.clone(), handle.clone()).await {
             Ok(d) => Ok(d),
