@@ -231,6 +231,32 @@ pub const MSS_RANGE: std::ops::RangeInclusive<u16> = 536..=9000;
 /// Accepted MTU range: 576 is the IPv4 minimum datagram every host must
 /// take; 9000 covers jumbo frames.
 pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+/// What WireGuard adds to every packet over an IPv4 underlay: the outer
+/// IPv4 header (20), UDP (8), the data message header (16) and the
+/// Poly1305 tag (16).
+pub const OVERHEAD_V4: u16 = 60;
+/// The same over IPv6 (a 40-byte outer header).
+pub const OVERHEAD_V6: u16 = 80;
+/// The largest tunnel MTU the BPF data path carries: its AEAD seals and
+/// opens payloads of at most 1,440 bytes (`wg_ebpf_common::aead::MAX_PAYLOAD`).
+pub const DATAPATH_MAX_MTU: u16 = 1440;
+
+/// The tunnel MTU a WAN MTU allows: the WAN MTU less the overhead of the
+/// underlay family (1500 → 1440 over IPv4, 1420 over IPv6; 1492 (PPPoE) →
+/// 1432 / 1412), at most [`DATAPATH_MAX_MTU`] and at least the smallest
+/// accepted MTU (a path narrower than that cannot carry a tunnel at all).
+pub fn tunnel_mtu(wan_mtu: u32, underlay_v6: bool) -> u16 {
+    let overhead = u32::from(if underlay_v6 {
+        OVERHEAD_V6
+    } else {
+        OVERHEAD_V4
+    });
+    let mtu = wan_mtu
+        .saturating_sub(overhead)
+        .min(u32::from(DATAPATH_MAX_MTU));
+    (mtu as u16).max(*MTU_RANGE.start())
+}
+
 /// Highest CPU number accepted in `Cpus` (the kernel's NR_CPUS ceiling); it
 /// also bounds what a range like `0-4294967295` may allocate.
 pub const MAX_CPU: u32 = 8191;

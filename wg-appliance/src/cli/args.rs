@@ -88,6 +88,25 @@ pub enum Command {
     Down { interface: String },
     /// Show interfaces run by wg-appliance, as `wg show` does.
     Show { interface: Option<String> },
+    /// Walk the troubleshooting layers, top to bottom: (1) links and XDP,
+    /// (2) listen port and firewall, (3) handshakes and keys, (4) routing
+    /// and NAT, (5) MTU and MSS. Each check prints a line, and the fix when
+    /// it fails. Exit status 1 when a layer fails, 0 otherwise (warnings
+    /// included). Run it in the interface's network namespace, as root.
+    Doctor {
+        /// Interface to check (default: every interface wg-appliance runs).
+        interface: Option<String>,
+        /// Print JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The interface's configuration file (default:
+        /// /etc/wireguard/<ifname>.conf when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not probe the path MTU to the endpoints (no ICMP sent).
+        #[arg(long)]
+        no_probe: bool,
+    },
     /// Print a new private key (as `wg genkey`).
     Genkey,
     /// Read a private key on stdin, print its public key (as `wg pubkey`).

@@ -6,11 +6,13 @@
 //! - `plan`: what to bring up, from the flags and the configuration file;
 //! - `run`: the running daemon: UAPI socket, metrics, stop conditions;
 //! - `up`: what `up <config>` adds, as wg-quick: hooks and routes;
+//! - `doctor`: the layered troubleshooting walk;
 //! - `down`, `show`, `keys`, `classify`: the other commands.
 
 mod args;
 mod classify;
 mod daemonize;
+mod doctor;
 mod down;
 mod keys;
 mod manpages;
@@ -35,6 +37,12 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Down { interface } => down::down(&interface),
         Command::Show { interface } => show::show(interface.as_deref()),
+        Command::Doctor {
+            interface,
+            json,
+            config,
+            no_probe,
+        } => doctor::doctor(interface.as_deref(), json, config, !no_probe),
         Command::Genkey => keys::genkey(),
         Command::Pubkey => keys::pubkey(),
         Command::Genpsk => keys::genpsk(),
