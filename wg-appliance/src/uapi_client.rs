@@ -241,9 +241,10 @@ fn unhex(s: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
 /// Parses a `get` answer (the protocol of <https://www.wireguard.com/xplatform/>).
 pub fn parse_get(answer: &str) -> Result<DeviceInfo, String> {
     let mut dev = DeviceInfo::default();
-    let mut secs: u64 = 0;
-    let finish_handshake = |p: &mut PeerInfo, secs: u64| {
-        p.last_handshake = (secs != 0).then(|| UNIX_EPOCH + Duration::from_secs(secs));
+    let (mut secs, mut nsecs): (u64, u32) = (0, 0);
+    let finish_handshake = |p: &mut PeerInfo, secs: u64, nsecs: u32| {
+        p.last_handshake = (secs != 0 || nsecs != 0)
+            .then(|| UNIX_EPOCH + Duration::new(secs, nsecs.min(999_999_999)));
     };
     for line in answer.lines() {
         let Some((k, v)) = line.split_once('=') else {
@@ -264,9 +265,9 @@ pub fn parse_get(answer: &str) -> Result<DeviceInfo, String> {
             "fwmark" => dev.fwmark = num(v)? as u32,
             "public_key" => {
                 if let Some(p) = dev.peers.last_mut() {
-                    finish_handshake(p, secs);
+                    finish_handshake(p, secs, nsecs);
                 }
-                secs = 0;
+                (secs, nsecs) = (0, 0);
                 let bytes = unhex(v).ok_or("public_key is not 64 hex digits")?;
                 dev.peers.push(PeerInfo {
                     public_key: PublicKey::from_bytes(*bytes),
@@ -301,6 +302,7 @@ pub fn parse_get(answer: &str) -> Result<DeviceInfo, String> {
                             .map_err(|_| format!("allowed_ip={v} is not a prefix"))?,
                     ),
                     "last_handshake_time_sec" => secs = num(v)?,
+                    "last_handshake_time_nsec" => nsecs = num(v)?.min(999_999_999) as u32,
                     "rx_bytes" => p.rx_bytes = num(v)?,
                     "tx_bytes" => p.tx_bytes = num(v)?,
                     "persistent_keepalive_interval" => p.persistent_keepalive = num(v)? as u16,
@@ -310,7 +312,7 @@ pub fn parse_get(answer: &str) -> Result<DeviceInfo, String> {
         }
     }
     if let Some(p) = dev.peers.last_mut() {
-        finish_handshake(p, secs);
+        finish_handshake(p, secs, nsecs);
     }
     Ok(dev)
 }
@@ -339,7 +341,7 @@ mod tests {
                 endpoint: Some("10.0.0.2:51821".parse().unwrap()),
                 allowed_ips: vec!["10.9.0.0/24".parse().unwrap()],
                 persistent_keepalive: 25,
-                last_handshake: Some((UNIX_EPOCH + Duration::from_secs(1_700_000_000)).into()),
+                last_handshake: Some((UNIX_EPOCH + Duration::new(1_700_000_000, 5)).into()),
                 rx_bytes: 10,
                 tx_bytes: 20,
             }],
@@ -354,7 +356,7 @@ mod tests {
         assert_eq!(p.allowed_ips, vec!["10.9.0.0/24".parse().unwrap()]);
         assert_eq!(
             p.last_handshake,
-            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 5))
         );
         assert_eq!(
             (p.rx_bytes, p.tx_bytes, p.persistent_keepalive),

@@ -19,7 +19,7 @@
 use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
-use wg_appliance::keys::PrivateKey;
+use wg_appliance::keys::{PresharedKey, PrivateKey};
 use wg_appliance_tests::{
     appliance_bin,
     peers::{Impl, ThirdParty},
@@ -91,6 +91,24 @@ pub struct LabOpts {
     pub env: Vec<(String, String)>,
     /// Enable IPv4 forwarding on the gateway (a site gateway does).
     pub forwarding: bool,
+    /// The far side neither knows our endpoint nor sends keepalives: only
+    /// the gateway initiates (so its sessions are its own, and a shortened
+    /// REKEY_AFTER_TIME applies to them).
+    pub far_passive: bool,
+    /// `Metrics =` of the gateway (default off); its loopback is its own.
+    pub metrics: Option<String>,
+    /// A preshared key on both sides.
+    pub psk: Option<PresharedKey>,
+}
+
+/// A 0600 file holding `text` in the lab's scratch directory (for `wg set
+/// … private-key/preshared-key <file>`); the caller removes it.
+pub fn write_secret(tag: &str, text: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wgt-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(tag);
+    write_file(&path, &format!("{text}\n"))?;
+    Ok(path)
 }
 
 fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
@@ -153,34 +171,60 @@ impl Lab {
             PEER_PORT,
             &format!("{PEER_TUN}/24"),
         )?;
+        let gw_pub = gw_key.public_key().to_base64();
+        let endpoint = format!("{GW_WAN}:51820");
         tp.add_peer(
             &peer,
             &gw_key.public_key(),
-            Some(&format!("{GW_WAN}:51820")),
+            (!o.far_passive).then_some(endpoint.as_str()),
             &format!("{GW_TUN}/32,10.90.0.0/24"),
         )?;
-        peer.exec(
-            "wg",
-            &[
-                "set",
-                &tp.ifname,
-                "peer",
-                &gw_key.public_key().to_base64(),
-                "persistent-keepalive",
-                "5",
-            ],
-        )?;
+        if !o.far_passive {
+            peer.exec(
+                "wg",
+                &[
+                    "set",
+                    &tp.ifname,
+                    "peer",
+                    &gw_pub,
+                    "persistent-keepalive",
+                    "5",
+                ],
+            )?;
+        }
+        if let Some(psk) = &o.psk {
+            let f = write_secret(&format!("{}-psk", tp.ifname), &psk.to_base64())?;
+            let r = peer.exec(
+                "wg",
+                &[
+                    "set",
+                    &tp.ifname,
+                    "peer",
+                    &gw_pub,
+                    "preshared-key",
+                    &f.display().to_string(),
+                ],
+            );
+            let _ = std::fs::remove_file(&f);
+            r?;
+        }
         peer.ip(&["route", "add", "10.90.0.0/24", "dev", &tp.ifname])?;
 
         let ifname = unique_name("o");
         let conf_dir = std::env::temp_dir().join(format!("wgt-ops-{}", std::process::id()));
         std::fs::create_dir_all(&conf_dir)?;
         let conf = conf_dir.join(format!("{ifname}.conf"));
+        let psk_line = o
+            .psk
+            .as_ref()
+            .map(|k| format!("PresharedKey = {}\n", &*k.to_base64()))
+            .unwrap_or_default();
         let text = format!(
-            "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {GW_TUN}/24\n{}\n[Appliance]\nWAN = {}\nMetrics = off\n{}\n# friendly_name = far-site\n[Peer]\nPublicKey = {}\nAllowedIPs = {PEER_TUN}/32, 10.97.0.0/24\nEndpoint = {PEER_WAN}:{PEER_PORT}\nPersistentKeepalive = 10\n{}\n",
+            "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {GW_TUN}/24\n{}\n[Appliance]\nWAN = {}\nMetrics = {}\n{}\n# friendly_name = far-site\n[Peer]\nPublicKey = {}\n{psk_line}AllowedIPs = {PEER_TUN}/32, 10.97.0.0/24\nEndpoint = {PEER_WAN}:{PEER_PORT}\nPersistentKeepalive = 10\n{}\n",
             &*gw_key.to_base64(),
             o.interface_extra,
             wan_link.a,
+            o.metrics.as_deref().unwrap_or("off"),
             o.appliance_extra,
             peer_key.public_key().to_base64(),
             o.peer_extra,
@@ -273,4 +317,94 @@ pub fn checks_with<'a>(
         .flat_map(|l| l["checks"].as_array().into_iter().flatten())
         .filter(|c| c["status"] == status)
         .collect()
+}
+
+/// Byte `i` of the stream a [`Stream`] sends: not periodic in any small
+/// power of two, so reordered, duplicated or dropped segments show.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8)
+}
+
+/// One TCP connection carrying a known byte pattern from `sender` to a
+/// listener at `dst` in `receiver`, for as long as the test wants: every
+/// byte is checked on arrival. [`Stream::finish`] closes it and returns
+/// (bytes sent, bytes received intact).
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tx: Option<std::thread::JoinHandle<Result<u64>>>,
+    rx: Option<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl Stream {
+    pub fn start(sender: &Netns, receiver: &Netns, dst: std::net::SocketAddr) -> Result<Self> {
+        use std::{
+            io::Read as _,
+            net::{TcpListener, TcpStream},
+            sync::atomic::{AtomicBool, Ordering},
+        };
+        let l = receiver.enter(|| TcpListener::bind(dst))??;
+        let s = sender.enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))??;
+        let (mut r, _) = l.accept()?;
+        r.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let rx = std::thread::spawn(move || -> Result<u64> {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0u64;
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .context("reading the stream (stalled 30 s?)")?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                for (k, b) in buf[..n].iter().enumerate() {
+                    if *b != pattern(got + k as u64) {
+                        bail!("byte {} of the stream is corrupt", got + k as u64);
+                    }
+                }
+                got += n as u64;
+            }
+        });
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = std::sync::Arc::clone(&stop);
+        let tx = std::thread::spawn(move || -> Result<u64> {
+            let mut s = s;
+            s.set_write_timeout(Some(Duration::from_secs(30)))?;
+            let mut sent = 0u64;
+            let mut chunk = vec![0u8; 16 * 1024];
+            while !stop2.load(Ordering::Relaxed) {
+                for (k, b) in chunk.iter_mut().enumerate() {
+                    *b = pattern(sent + k as u64);
+                }
+                s.write_all(&chunk)
+                    .context("writing the stream (stalled 30 s?)")?;
+                sent += chunk.len() as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write)?;
+            Ok(sent)
+        });
+        Ok(Stream {
+            stop,
+            tx: Some(tx),
+            rx: Some(rx),
+        })
+    }
+
+    /// Stops sending, waits for the receiver to see the end: (sent, received).
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let join = |h: Option<std::thread::JoinHandle<Result<u64>>>| -> Result<u64> {
+            h.context("joined twice")?
+                .join()
+                .map_err(|_| anyhow::anyhow!("stream thread panicked"))?
+        };
+        let sent = join(self.tx.take())?;
+        let got = join(self.rx.take())?;
+        Ok((sent, got))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

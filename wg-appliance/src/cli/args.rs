@@ -107,6 +107,20 @@ pub enum Command {
         #[arg(long)]
         no_probe: bool,
     },
+    /// Give one peer a new preshared key: set on this side over UAPI
+    /// (as `wg set … preshared-key` does) and printed once on stdout, to be
+    /// set on the peer within a minute. The running session stays up; the
+    /// key takes effect at the next handshake.
+    RotatePsk {
+        interface: String,
+        /// The peer: its public key, a unique start of it, or its
+        /// `# friendly_name` in /etc/wireguard/<ifname>.conf.
+        peer: String,
+        /// Set this key (a file from `wg genpsk`, mode 0600) instead of a
+        /// new random one; nothing is printed then.
+        #[arg(long)]
+        psk_file: Option<PathBuf>,
+    },
     /// Print a new private key (as `wg genkey`).
     Genkey,
     /// Read a private key on stdin, print its public key (as `wg pubkey`).

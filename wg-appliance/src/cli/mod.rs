@@ -7,6 +7,7 @@
 //! - `run`: the running daemon: UAPI socket, metrics, stop conditions;
 //! - `up`: what `up <config>` adds, as wg-quick: hooks and routes;
 //! - `doctor`: the layered troubleshooting walk;
+//! - `rotate`: `rotate-psk`, a new preshared key for one peer;
 //! - `down`, `show`, `keys`, `classify`: the other commands.
 
 mod args;
@@ -17,6 +18,7 @@ mod down;
 mod keys;
 mod manpages;
 mod plan;
+mod rotate;
 mod run;
 mod show;
 mod up;
@@ -43,6 +45,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             config,
             no_probe,
         } => doctor::doctor(interface.as_deref(), json, config, !no_probe),
+        Command::RotatePsk {
+            interface,
+            peer,
+            psk_file,
+        } => rotate::rotate_psk(&interface, &peer, psk_file.as_deref()),
         Command::Genkey => keys::genkey(),
         Command::Pubkey => keys::pubkey(),
         Command::Genpsk => keys::genpsk(),
