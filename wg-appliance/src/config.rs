@@ -257,6 +257,48 @@ pub fn tunnel_mtu(wan_mtu: u32, underlay_v6: bool) -> u16 {
     (mtu as u16).max(*MTU_RANGE.start())
 }
 
+/// The tunnel MTU chosen when the configuration gives none, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoMtu {
+    pub mtu: u16,
+    /// For the log: which WAN MTU and family it came from.
+    pub reason: String,
+}
+
+/// The tunnel MTU when `MTU` is left out: from the smallest MTU of the WAN
+/// interfaces (`wan_mtus`: name and MTU) and the underlay family. IPv4 when
+/// every endpoint is IPv4; IPv6 (the larger overhead) when one is IPv6 or
+/// none is known yet, since peers may then come over either. Without a WAN
+/// MTU, WireGuard's default of 1420.
+pub fn auto_mtu(wan_mtus: &[(String, u32)], endpoints: &[SocketAddr]) -> AutoMtu {
+    let Some((dev, wan)) = wan_mtus.iter().min_by_key(|(_, m)| *m) else {
+        return AutoMtu {
+            mtu: 1420,
+            reason: "no WAN interface found, so WireGuard's default".into(),
+        };
+    };
+    let v6 = endpoints.is_empty() || endpoints.iter().any(SocketAddr::is_ipv6);
+    let why_family = if endpoints.is_empty() {
+        "IPv6 (no endpoint known, so the larger overhead)"
+    } else if v6 {
+        "IPv6 (an endpoint is IPv6)"
+    } else {
+        "IPv4 (every endpoint is IPv4)"
+    };
+    let mtu = tunnel_mtu(*wan, v6);
+    let capped = if mtu == DATAPATH_MAX_MTU
+        && u32::from(mtu) + u32::from(if v6 { OVERHEAD_V6 } else { OVERHEAD_V4 }) < *wan
+    {
+        format!(", capped at the data path's {DATAPATH_MAX_MTU}")
+    } else {
+        String::new()
+    };
+    AutoMtu {
+        mtu,
+        reason: format!("WAN {dev} has MTU {wan}, underlay {why_family}{capped}"),
+    }
+}
+
 /// Highest CPU number accepted in `Cpus` (the kernel's NR_CPUS ceiling); it
 /// also bounds what a range like `0-4294967295` may allocate.
 pub const MAX_CPU: u32 = 8191;

@@ -58,7 +58,9 @@ pub struct IfaceArgs {
     /// TCP MSS to clamp SYNs to (default: from the MTU).
     #[arg(long)]
     pub mss: Option<u16>,
-    /// Tunnel MTU.
+    /// Tunnel MTU (default: `MTU` in the file, else from the WAN's MTU
+    /// and the underlay family: 1440 over IPv4 and 1420 over IPv6 on a
+    /// 1500-byte WAN; the MSS clamp follows unless --mss is given).
     #[arg(long)]
     pub mtu: Option<u16>,
     /// Prometheus metrics address, or "off".

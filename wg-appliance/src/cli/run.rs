@@ -51,6 +51,9 @@ pub fn run_daemon(plan: Plan, ready: Option<std::fs::File>) -> anyhow::Result<()
 /// runs it until told to stop, and takes it down again.
 async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
     let ifname = plan.ifname.clone();
+    if let Some(why) = &plan.mtu_note {
+        tracing::info!(mtu = plan.opts.mtu, reason = %why, "tunnel MTU derived (set MTU in [Interface] or --mtu to choose it)");
+    }
     let sock_path = claim_uapi_socket(&ifname)?;
     if let Some(c) = &plan.config {
         hooks(&ifname, &c.interface.pre_up, "PreUp")?;
