@@ -109,6 +109,20 @@ pub enum Command {
         #[arg(long)]
         no_probe: bool,
     },
+    /// A live view for the console, redrawn every second: per-peer rates,
+    /// totals and latest handshake, drops by reason, packets per CPU, the
+    /// data path and XDP modes, handshakes by outcome. Reads the daemon's
+    /// UAPI socket only (the counters /metrics shows); `q` quits.
+    Top {
+        /// Interface to watch (default: every interface wg-appliance runs).
+        interface: Option<String>,
+        /// Seconds between frames.
+        #[arg(long, short = 'd', default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many frames (default: until q or Ctrl-C).
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+    },
     /// Give one peer a new preshared key: set on this side over UAPI
     /// (as `wg set … preshared-key` does) and printed once on stdout, to be
     /// set on the peer within a minute. The running session stays up; the

@@ -8,6 +8,7 @@
 //! - `up`: what `up <config>` adds, as wg-quick: hooks and routes;
 //! - `doctor`: the layered troubleshooting walk;
 //! - `rotate`: `rotate-psk`, a new preshared key for one peer;
+//! - `top`: the live console view;
 //! - `down`, `show`, `keys`, `classify`: the other commands.
 
 mod args;
@@ -21,6 +22,7 @@ mod plan;
 mod rotate;
 mod run;
 mod show;
+mod top;
 mod up;
 
 pub use self::args::{command, Cli, Command};
@@ -45,6 +47,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             config,
             no_probe,
         } => doctor::doctor(interface.as_deref(), json, config, !no_probe),
+        Command::Top {
+            interface,
+            interval,
+            count,
+        } => top::top(interface.as_deref(), interval, count),
         Command::RotatePsk {
             interface,
             peer,
