@@ -123,6 +123,33 @@ pub enum Command {
         #[arg(long, short = 'n')]
         count: Option<u64>,
     },
+    /// Host settings around the data path: UDP socket buffer ceilings, the
+    /// WAN NIC's queue counts, RPS and XPS masks, IRQ affinity aligned with
+    /// the steering CPUs, and the XDP mode (shown). Without a flag, shows
+    /// the current and recommended values; --apply changes them, printing
+    /// each before → after, and saves the originals (0600, under
+    /// /run/wg-appliance/tune/); --revert restores them.
+    Tune {
+        /// Interface whose WAN NICs and steering CPUs to use (default:
+        /// every interface wg-appliance runs here).
+        interface: Option<String>,
+        /// Change the values (the originals are saved first).
+        #[arg(long, conflicts_with = "revert")]
+        apply: bool,
+        /// Restore the values saved by --apply.
+        #[arg(long)]
+        revert: bool,
+        /// WAN NIC(s) to tune instead of the daemon's.
+        #[arg(long, value_delimiter = ',')]
+        wan: Vec<String>,
+        /// Steering CPUs instead of the daemon's, e.g. 0-3.
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Leave the NIC's queue counts alone (changing them resets the
+        /// link on many NICs).
+        #[arg(long)]
+        keep_queues: bool,
+    },
     /// Give one peer a new preshared key: set on this side over UAPI
     /// (as `wg set … preshared-key` does) and printed once on stdout, to be
     /// set on the peer within a minute. The running session stays up; the

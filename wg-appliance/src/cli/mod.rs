@@ -9,6 +9,7 @@
 //! - `doctor`: the layered troubleshooting walk;
 //! - `rotate`: `rotate-psk`, a new preshared key for one peer;
 //! - `top`: the live console view;
+//! - `tune`: host settings around the data path, applied and reverted;
 //! - `down`, `show`, `keys`, `classify`: the other commands.
 
 mod args;
@@ -23,6 +24,7 @@ mod rotate;
 mod run;
 mod show;
 mod top;
+mod tune;
 mod up;
 
 pub use self::args::{command, Cli, Command};
@@ -52,6 +54,29 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             interval,
             count,
         } => top::top(interface.as_deref(), interval, count),
+        Command::Tune {
+            interface,
+            apply,
+            revert,
+            wan,
+            cpus,
+            keep_queues,
+        } => {
+            let mode = if apply {
+                tune::Mode::Apply
+            } else if revert {
+                tune::Mode::Revert
+            } else {
+                tune::Mode::Show
+            };
+            tune::tune(
+                interface.as_deref(),
+                &wan,
+                cpus.as_deref(),
+                keep_queues,
+                mode,
+            )
+        }
         Command::RotatePsk {
             interface,
             peer,

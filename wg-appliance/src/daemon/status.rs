@@ -115,6 +115,18 @@ impl Daemon {
             },
         ));
         items.push(("sessions", self.by_index.len().to_string()));
+        let cpus = self
+            .opts
+            .cpus
+            .clone()
+            .unwrap_or_else(crate::datapath::online_cpus);
+        items.push((
+            "cpus",
+            cpus.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
         let h = &self.hs_stats;
         for (outcome, v) in [
             ("completed_initiator", h.completed_initiator),
