@@ -162,6 +162,35 @@ pub struct ApplianceConfig {
     /// Handshake messages per second per source address; `None` = built-in.
     pub handshake_rate: Option<u32>,
     pub metrics: MetricsSetting,
+    /// `ForwardIP = on`: turn IP forwarding on at start (and leave it on).
+    pub forward_ip: bool,
+    /// `ReturnRouting`: replies leave through the tunnel their connection
+    /// came in on (conntrack mark, fwmark rule, a routing table).
+    pub return_routing: ReturnRouting,
+    /// `Masquerade`: source NAT of traffic leaving through the tunnel.
+    pub masquerade: Masquerade,
+}
+
+/// Policy routing for replies (`ReturnRouting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnRouting {
+    #[default]
+    Off,
+    /// A table (and mark) derived from the interface name.
+    Auto,
+    /// This routing table, and the same number as the firewall mark.
+    Table(u32),
+}
+
+/// Source NAT of what leaves through the tunnel (`Masquerade`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Masquerade {
+    #[default]
+    Off,
+    /// Every source.
+    All,
+    /// Only these source prefixes (a LAN behind the gateway).
+    Sources(Vec<IpNet>),
 }
 
 impl Default for ApplianceConfig {
@@ -174,6 +203,9 @@ impl Default for ApplianceConfig {
             mss: MssSetting::Auto,
             handshake_rate: None,
             metrics: MetricsSetting::default(),
+            forward_ip: false,
+            return_routing: ReturnRouting::Off,
+            masquerade: Masquerade::Off,
         }
     }
 }
@@ -354,6 +386,9 @@ impl Section {
                 "Mss",
                 "HandshakeRate",
                 "Metrics",
+                "ForwardIP",
+                "ReturnRouting",
+                "Masquerade",
             ],
         }
     }
@@ -989,6 +1024,61 @@ impl Parser<'_> {
                         )
                     })?)
             }
+            "ForwardIP" => {
+                app.forward_ip = parse_on_off(v).ok_or_else(|| {
+                    bad(
+                        "not on or off",
+                        "on or off",
+                        "write `ForwardIP = on` to have the daemon turn IP forwarding on",
+                    )
+                })?
+            }
+            "ReturnRouting" => {
+                app.return_routing = match parse_on_off(v) {
+                    Some(true) => ReturnRouting::Auto,
+                    Some(false) => ReturnRouting::Off,
+                    None => match parse_dec::<u32>(v) {
+                        Some(t) if t != 0 && !(253..=255).contains(&t) => ReturnRouting::Table(t),
+                        _ => {
+                            return Err(bad(
+                                "not on, off or a routing table",
+                                "on, off, or a table number other than 0, 253, 254 and 255",
+                                "write `ReturnRouting = on` (a table derived from the interface name) or a free table such as `ReturnRouting = 200`",
+                            ))
+                        }
+                    },
+                }
+            }
+            "Masquerade" => {
+                app.masquerade = match parse_on_off(v) {
+                    Some(true) => Masquerade::All,
+                    Some(false) => Masquerade::Off,
+                    None => {
+                        let mut nets = Vec::new();
+                        for item in list_items(v) {
+                            let net = parse_ip_or_net(item).ok_or_else(|| {
+                                invalid(
+                                    &at,
+                                    key,
+                                    Some(item),
+                                    "not on, off or a source prefix",
+                                    "on, off, or the prefixes to masquerade, e.g. 192.168.1.0/24",
+                                    "write `Masquerade = on` (every source) or the LAN's prefixes, comma-separated",
+                                )
+                            })?;
+                            nets.push(net.trunc());
+                        }
+                        if nets.is_empty() {
+                            return Err(bad(
+                                "is empty",
+                                "on, off, or source prefixes",
+                                "write `Masquerade = on`, or delete the line",
+                            ));
+                        }
+                        Masquerade::Sources(nets)
+                    }
+                }
+            }
             "Metrics" => {
                 app.metrics = if v.eq_ignore_ascii_case("off") {
                     MetricsSetting::Off
@@ -1140,6 +1230,15 @@ fn parse_dec<T: FromStr>(s: &str) -> Option<T> {
         return None;
     }
     s.parse().ok()
+}
+
+/// `on`/`off` (and `true`/`false`, `yes`/`no`), any case.
+fn parse_on_off(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Some(true),
+        "off" | "false" | "no" => Some(false),
+        _ => None,
+    }
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -1425,6 +1524,19 @@ impl Config {
             }
             if let Some(r) = a.handshake_rate {
                 kv(&mut out, "HandshakeRate", &r);
+            }
+            if a.forward_ip {
+                kv(&mut out, "ForwardIP", &"on");
+            }
+            match a.return_routing {
+                ReturnRouting::Off => {}
+                ReturnRouting::Auto => kv(&mut out, "ReturnRouting", &"on"),
+                ReturnRouting::Table(t) => kv(&mut out, "ReturnRouting", &t),
+            }
+            match &a.masquerade {
+                Masquerade::Off => {}
+                Masquerade::All => kv(&mut out, "Masquerade", &"on"),
+                Masquerade::Sources(n) => kv(&mut out, "Masquerade", &join(n)),
             }
             match a.metrics {
                 MetricsSetting::Off => kv(&mut out, "Metrics", &"off"),

@@ -99,6 +99,27 @@ pub struct LabOpts {
     pub metrics: Option<String>,
     /// A preshared key on both sides.
     pub psk: Option<PresharedKey>,
+    /// The far side accepts only the gateway's tunnel address from it, not
+    /// its LAN (which then needs masquerade to reach the far site).
+    pub far_knows_no_lan: bool,
+}
+
+/// The gateway's wg-quick file for `o`.
+fn conf_text(gw_key: &PrivateKey, peer_key: &PrivateKey, wan: &str, o: &LabOpts) -> String {
+    let psk_line = o
+        .psk
+        .as_ref()
+        .map(|k| format!("PresharedKey = {}\n", &*k.to_base64()))
+        .unwrap_or_default();
+    format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {GW_TUN}/24\n{}\n[Appliance]\nWAN = {wan}\nMetrics = {}\n{}\n# friendly_name = far-site\n[Peer]\nPublicKey = {}\n{psk_line}AllowedIPs = {PEER_TUN}/32, 10.97.0.0/24\nEndpoint = {PEER_WAN}:{PEER_PORT}\nPersistentKeepalive = 10\n{}\n",
+        &*gw_key.to_base64(),
+        o.interface_extra,
+        o.metrics.as_deref().unwrap_or("off"),
+        o.appliance_extra,
+        peer_key.public_key().to_base64(),
+        o.peer_extra,
+    )
 }
 
 /// A 0600 file holding `text` in the lab's scratch directory (for `wg set
@@ -173,11 +194,16 @@ impl Lab {
         )?;
         let gw_pub = gw_key.public_key().to_base64();
         let endpoint = format!("{GW_WAN}:51820");
+        let far_allowed = if o.far_knows_no_lan {
+            format!("{GW_TUN}/32")
+        } else {
+            format!("{GW_TUN}/32,10.90.0.0/24")
+        };
         tp.add_peer(
             &peer,
             &gw_key.public_key(),
             (!o.far_passive).then_some(endpoint.as_str()),
-            &format!("{GW_TUN}/32,10.90.0.0/24"),
+            &far_allowed,
         )?;
         if !o.far_passive {
             peer.exec(
@@ -214,21 +240,7 @@ impl Lab {
         let conf_dir = std::env::temp_dir().join(format!("wgt-ops-{}", std::process::id()));
         std::fs::create_dir_all(&conf_dir)?;
         let conf = conf_dir.join(format!("{ifname}.conf"));
-        let psk_line = o
-            .psk
-            .as_ref()
-            .map(|k| format!("PresharedKey = {}\n", &*k.to_base64()))
-            .unwrap_or_default();
-        let text = format!(
-            "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {GW_TUN}/24\n{}\n[Appliance]\nWAN = {}\nMetrics = {}\n{}\n# friendly_name = far-site\n[Peer]\nPublicKey = {}\n{psk_line}AllowedIPs = {PEER_TUN}/32, 10.97.0.0/24\nEndpoint = {PEER_WAN}:{PEER_PORT}\nPersistentKeepalive = 10\n{}\n",
-            &*gw_key.to_base64(),
-            o.interface_extra,
-            wan_link.a,
-            o.metrics.as_deref().unwrap_or("off"),
-            o.appliance_extra,
-            peer_key.public_key().to_base64(),
-            o.peer_extra,
-        );
+        let text = conf_text(&gw_key, &peer_key, &wan_link.a, &o);
         write_file(&conf, &text)?;
         let mut lab = Lab {
             guard: None,
@@ -263,6 +275,20 @@ impl Lab {
         });
         self.gw.exec("env", &a).context("wg-appliance up")?;
         Ok(())
+    }
+
+    /// `down`, a new configuration from `o`, `up` again.
+    pub fn restart(&mut self, o: &LabOpts) -> Result<()> {
+        let bin = self.bin.display().to_string();
+        self.gw
+            .exec(&bin, &["down", &self.ifname])
+            .context("wg-appliance down")?;
+        self.guard = None;
+        write_file(
+            &self.conf,
+            &conf_text(&self.gw_key, &self.peer_key, &self.wan_link.a, o),
+        )?;
+        self.up(&o.env)
     }
 
     /// Waits until traffic crosses the tunnel both ways (LAN host ↔ far

@@ -593,3 +593,42 @@ fn mtu_left_out_comes_from_the_wan_and_the_underlay_family() {
         "nothing known: WireGuard's default"
     );
 }
+
+#[test]
+fn forwarding_return_routing_and_masquerade_parse_and_round_trip() {
+    let c = parse(
+        "[Appliance]\nForwardIP = on\nReturnRouting = 200\nMasquerade = 192.168.1.7/24, fd00::/64\n",
+        "wg0.conf",
+    )
+    .unwrap();
+    let a = &c.appliance;
+    assert!(a.forward_ip);
+    assert_eq!(a.return_routing, ReturnRouting::Table(200));
+    assert_eq!(
+        a.masquerade,
+        Masquerade::Sources(vec![net("192.168.1.0/24"), net("fd00::/64")])
+    );
+    assert_eq!(parse(&c.to_wg_quick(), "x").unwrap(), c);
+    let c = parse(
+        "[Appliance]\nReturnRouting = on\nMasquerade = on\nForwardIP = off\n",
+        "wg0.conf",
+    )
+    .unwrap();
+    assert_eq!(c.appliance.return_routing, ReturnRouting::Auto);
+    assert_eq!(c.appliance.masquerade, Masquerade::All);
+    assert!(!c.appliance.forward_ip);
+    assert_eq!(parse(&c.to_wg_quick(), "x").unwrap(), c);
+    for (text, needle) in [
+        ("ReturnRouting = 254", "a table number other than"),
+        ("ReturnRouting = maybe", "Fix:"),
+        ("Masquerade = 10.0.0.0/33", "not on, off or a source prefix"),
+        ("Masquerade = ,", "is empty"),
+        ("ForwardIP = 2", "on or off"),
+    ] {
+        let m = err(&format!("[Appliance]\n{text}\n"));
+        assert!(
+            m.contains(needle) && m.contains("wg0.conf:2"),
+            "{text}: {m}"
+        );
+    }
+}

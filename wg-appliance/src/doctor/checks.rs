@@ -876,6 +876,13 @@ fn layer4(ctx: &Ctx, out: &mut Out) {
     let if_rp = sys::sysctl_num(&format!("net.ipv4.conf.{ifname}.rp_filter")).unwrap_or(0);
     let rp = all_rp.max(if_rp);
     let mut routes_ok = 0;
+    let settings = ctx
+        .config
+        .as_ref()
+        .map(|(_, c)| (c.appliance.return_routing, c.appliance.masquerade.clone()));
+    let return_routing = settings
+        .as_ref()
+        .is_some_and(|(r, _)| *r != config::ReturnRouting::Off);
     for p in &ctx.dev.peers {
         let who = ctx.peer_name(p);
         for net in &p.allowed_ips {
@@ -891,6 +898,16 @@ fn layer4(ctx: &Ctx, out: &mut Out) {
                 match sys::route_get(a, &[]) {
                     Ok(r) if r.dev == *ifname => routes_ok += 1,
                     Ok(r) if r.kind == "local" => routes_ok += 1,
+                    Ok(r) if return_routing => out.fix(
+                        4,
+                        "route",
+                        Level::Warn,
+                        format!(
+                            "{who}: {net} is not routed into {ifname} (it goes via {}): replies to its connections follow the tunnel (ReturnRouting), but connections from this side to it leave elsewhere",
+                            r.dev
+                        ),
+                        format!("ip route replace {net} dev {ifname}, if this side should reach {net} too"),
+                    ),
                     Ok(r) => out.fix(
                         4,
                         "route",
@@ -957,6 +974,90 @@ fn layer4(ctx: &Ctx, out: &mut Out) {
         );
     }
     forwarding(ctx, &own, out);
+    if let Some((rr, masq)) = settings {
+        gateway_checks(ctx, rr, &masq, out);
+    }
+}
+
+/// What `ReturnRouting` and `Masquerade` put in place, still in place.
+fn gateway_checks(ctx: &Ctx, rr: config::ReturnRouting, masq: &config::Masquerade, out: &mut Out) {
+    let ifname = &ctx.ifname;
+    let table = crate::gateway::table_name(ifname);
+    let restart = format!("restart the daemon (`wg-appliance down {ifname}`, then `up`): it applies ReturnRouting and Masquerade at start; if it refuses, its log says why");
+    let nft_text = sys::output("nft", &["list", "table", "inet", &table]);
+    if let Some(t) = crate::gateway::table_of(ifname, rr) {
+        let rule = sys::ip_json(&["rule", "show"])
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|r| {
+                r["fwmark"]
+                    .as_str()
+                    .and_then(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
+                    == Some(t)
+                    && (r["table"].as_str() == Some(&t.to_string())
+                        || r["table"].as_u64() == Some(u64::from(t)))
+            });
+        let t_s = t.to_string();
+        let route = sys::ip_json(&["route", "show", "table", &t_s])
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["dev"].as_str() == Some(ifname.as_str()));
+        let marks = nft_text
+            .as_deref()
+            .is_some_and(|n| n.contains("ct mark set"));
+        if rule && route && marks {
+            out.push(
+                4,
+                "return-routing",
+                Level::Ok,
+                format!("return routing: connections from {ifname} are marked ({table}), marked replies use table {t} (default dev {ifname})"),
+            );
+        } else {
+            let missing: Vec<&str> = [
+                (!rule, "the fwmark rule"),
+                (!route, "the table's default route"),
+                (!marks, "the nftables marking"),
+            ]
+            .into_iter()
+            .filter_map(|(m, w)| m.then_some(w))
+            .collect();
+            out.fix(
+                4,
+                "return-routing",
+                Level::Fail,
+                format!(
+                    "ReturnRouting is on but {} is missing (table {t})",
+                    missing.join(", ")
+                ),
+                restart.clone(),
+            );
+        }
+    }
+    if *masq != config::Masquerade::Off {
+        if nft_text
+            .as_deref()
+            .is_some_and(|n| n.contains("masquerade"))
+        {
+            out.push(
+                4,
+                "masquerade",
+                Level::Ok,
+                format!("masquerade of what leaves through {ifname} is in place (nftables table {table})"),
+            );
+        } else {
+            out.fix(
+                4,
+                "masquerade",
+                Level::Fail,
+                format!("Masquerade is configured but nftables table inet {table} has no masquerade rule"),
+                restart,
+            );
+        }
+    }
 }
 
 /// Site prefixes: AllowedIPs beyond the tunnel's own subnets, which only
