@@ -24,13 +24,14 @@ const RULES: &str = "dist/wg-appliance.rules.yml";
 const RULES_TEST: &str = "dist/wg-appliance.rules.test.yml";
 const DASHBOARD: &str = "dist/grafana-dashboard.json";
 
-/// The doctor's layers, as the runbooks must name them.
+/// The doctor's layers, as the runbooks must name them: doctor's own names,
+/// so a rename on either side fails here.
 const LAYERS: [&str; 5] = [
-    "links/XDP",
-    "listen port",
-    "handshakes/keys",
-    "routing/NAT",
-    "MTU/MSS",
+    wg_appliance::doctor::LAYERS[0].1,
+    wg_appliance::doctor::LAYERS[1].1,
+    wg_appliance::doctor::LAYERS[2].1,
+    wg_appliance::doctor::LAYERS[3].1,
+    wg_appliance::doctor::LAYERS[4].1,
 ];
 
 fn repo() -> PathBuf {

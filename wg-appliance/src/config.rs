@@ -162,6 +162,35 @@ pub struct ApplianceConfig {
     /// Handshake messages per second per source address; `None` = built-in.
     pub handshake_rate: Option<u32>,
     pub metrics: MetricsSetting,
+    /// `ForwardIP = on`: turn IP forwarding on at start (and leave it on).
+    pub forward_ip: bool,
+    /// `ReturnRouting`: replies leave through the tunnel their connection
+    /// came in on (conntrack mark, fwmark rule, a routing table).
+    pub return_routing: ReturnRouting,
+    /// `Masquerade`: source NAT of traffic leaving through the tunnel.
+    pub masquerade: Masquerade,
+}
+
+/// Policy routing for replies (`ReturnRouting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnRouting {
+    #[default]
+    Off,
+    /// A table (and mark) derived from the interface name.
+    Auto,
+    /// This routing table, and the same number as the firewall mark.
+    Table(u32),
+}
+
+/// Source NAT of what leaves through the tunnel (`Masquerade`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Masquerade {
+    #[default]
+    Off,
+    /// Every source.
+    All,
+    /// Only these source prefixes (a LAN behind the gateway).
+    Sources(Vec<IpNet>),
 }
 
 impl Default for ApplianceConfig {
@@ -174,6 +203,9 @@ impl Default for ApplianceConfig {
             mss: MssSetting::Auto,
             handshake_rate: None,
             metrics: MetricsSetting::default(),
+            forward_ip: false,
+            return_routing: ReturnRouting::Off,
+            masquerade: Masquerade::Off,
         }
     }
 }
@@ -231,6 +263,74 @@ pub const MSS_RANGE: std::ops::RangeInclusive<u16> = 536..=9000;
 /// Accepted MTU range: 576 is the IPv4 minimum datagram every host must
 /// take; 9000 covers jumbo frames.
 pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+/// What WireGuard adds to every packet over an IPv4 underlay: the outer
+/// IPv4 header (20), UDP (8), the data message header (16) and the
+/// Poly1305 tag (16).
+pub const OVERHEAD_V4: u16 = 60;
+/// The same over IPv6 (a 40-byte outer header).
+pub const OVERHEAD_V6: u16 = 80;
+/// The largest tunnel MTU the BPF data path carries: its AEAD seals and
+/// opens payloads of at most 1,440 bytes (`wg_ebpf_common::aead::MAX_PAYLOAD`).
+pub const DATAPATH_MAX_MTU: u16 = 1440;
+
+/// The tunnel MTU a WAN MTU allows: the WAN MTU less the overhead of the
+/// underlay family (1500 → 1440 over IPv4, 1420 over IPv6; 1492 (PPPoE) →
+/// 1432 / 1412), at most [`DATAPATH_MAX_MTU`] and at least the smallest
+/// accepted MTU (a path narrower than that cannot carry a tunnel at all).
+pub fn tunnel_mtu(wan_mtu: u32, underlay_v6: bool) -> u16 {
+    let overhead = u32::from(if underlay_v6 {
+        OVERHEAD_V6
+    } else {
+        OVERHEAD_V4
+    });
+    let mtu = wan_mtu
+        .saturating_sub(overhead)
+        .min(u32::from(DATAPATH_MAX_MTU));
+    (mtu as u16).max(*MTU_RANGE.start())
+}
+
+/// The tunnel MTU chosen when the configuration gives none, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoMtu {
+    pub mtu: u16,
+    /// For the log: which WAN MTU and family it came from.
+    pub reason: String,
+}
+
+/// The tunnel MTU when `MTU` is left out: from the smallest MTU of the WAN
+/// interfaces (`wan_mtus`: name and MTU) and the underlay family. IPv4 when
+/// every endpoint is IPv4; IPv6 (the larger overhead) when one is IPv6 or
+/// none is known yet, since peers may then come over either. Without a WAN
+/// MTU, WireGuard's default of 1420.
+pub fn auto_mtu(wan_mtus: &[(String, u32)], endpoints: &[SocketAddr]) -> AutoMtu {
+    let Some((dev, wan)) = wan_mtus.iter().min_by_key(|(_, m)| *m) else {
+        return AutoMtu {
+            mtu: 1420,
+            reason: "no WAN interface found, so WireGuard's default".into(),
+        };
+    };
+    let v6 = endpoints.is_empty() || endpoints.iter().any(SocketAddr::is_ipv6);
+    let why_family = if endpoints.is_empty() {
+        "IPv6 (no endpoint known, so the larger overhead)"
+    } else if v6 {
+        "IPv6 (an endpoint is IPv6)"
+    } else {
+        "IPv4 (every endpoint is IPv4)"
+    };
+    let mtu = tunnel_mtu(*wan, v6);
+    let capped = if mtu == DATAPATH_MAX_MTU
+        && u32::from(mtu) + u32::from(if v6 { OVERHEAD_V6 } else { OVERHEAD_V4 }) < *wan
+    {
+        format!(", capped at the data path's {DATAPATH_MAX_MTU}")
+    } else {
+        String::new()
+    };
+    AutoMtu {
+        mtu,
+        reason: format!("WAN {dev} has MTU {wan}, underlay {why_family}{capped}"),
+    }
+}
+
 /// Highest CPU number accepted in `Cpus` (the kernel's NR_CPUS ceiling); it
 /// also bounds what a range like `0-4294967295` may allocate.
 pub const MAX_CPU: u32 = 8191;
@@ -286,6 +386,9 @@ impl Section {
                 "Mss",
                 "HandshakeRate",
                 "Metrics",
+                "ForwardIP",
+                "ReturnRouting",
+                "Masquerade",
             ],
         }
     }
@@ -921,6 +1024,61 @@ impl Parser<'_> {
                         )
                     })?)
             }
+            "ForwardIP" => {
+                app.forward_ip = parse_on_off(v).ok_or_else(|| {
+                    bad(
+                        "not on or off",
+                        "on or off",
+                        "write `ForwardIP = on` to have the daemon turn IP forwarding on",
+                    )
+                })?
+            }
+            "ReturnRouting" => {
+                app.return_routing = match parse_on_off(v) {
+                    Some(true) => ReturnRouting::Auto,
+                    Some(false) => ReturnRouting::Off,
+                    None => match parse_dec::<u32>(v) {
+                        Some(t) if t != 0 && !(253..=255).contains(&t) => ReturnRouting::Table(t),
+                        _ => {
+                            return Err(bad(
+                                "not on, off or a routing table",
+                                "on, off, or a table number other than 0, 253, 254 and 255",
+                                "write `ReturnRouting = on` (a table derived from the interface name) or a free table such as `ReturnRouting = 200`",
+                            ))
+                        }
+                    },
+                }
+            }
+            "Masquerade" => {
+                app.masquerade = match parse_on_off(v) {
+                    Some(true) => Masquerade::All,
+                    Some(false) => Masquerade::Off,
+                    None => {
+                        let mut nets = Vec::new();
+                        for item in list_items(v) {
+                            let net = parse_ip_or_net(item).ok_or_else(|| {
+                                invalid(
+                                    &at,
+                                    key,
+                                    Some(item),
+                                    "not on, off or a source prefix",
+                                    "on, off, or the prefixes to masquerade, e.g. 192.168.1.0/24",
+                                    "write `Masquerade = on` (every source) or the LAN's prefixes, comma-separated",
+                                )
+                            })?;
+                            nets.push(net.trunc());
+                        }
+                        if nets.is_empty() {
+                            return Err(bad(
+                                "is empty",
+                                "on, off, or source prefixes",
+                                "write `Masquerade = on`, or delete the line",
+                            ));
+                        }
+                        Masquerade::Sources(nets)
+                    }
+                }
+            }
             "Metrics" => {
                 app.metrics = if v.eq_ignore_ascii_case("off") {
                     MetricsSetting::Off
@@ -1072,6 +1230,15 @@ fn parse_dec<T: FromStr>(s: &str) -> Option<T> {
         return None;
     }
     s.parse().ok()
+}
+
+/// `on`/`off` (and `true`/`false`, `yes`/`no`), any case.
+fn parse_on_off(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Some(true),
+        "off" | "false" | "no" => Some(false),
+        _ => None,
+    }
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -1357,6 +1524,19 @@ impl Config {
             }
             if let Some(r) = a.handshake_rate {
                 kv(&mut out, "HandshakeRate", &r);
+            }
+            if a.forward_ip {
+                kv(&mut out, "ForwardIP", &"on");
+            }
+            match a.return_routing {
+                ReturnRouting::Off => {}
+                ReturnRouting::Auto => kv(&mut out, "ReturnRouting", &"on"),
+                ReturnRouting::Table(t) => kv(&mut out, "ReturnRouting", &t),
+            }
+            match &a.masquerade {
+                Masquerade::Off => {}
+                Masquerade::All => kv(&mut out, "Masquerade", &"on"),
+                Masquerade::Sources(n) => kv(&mut out, "Masquerade", &join(n)),
             }
             match a.metrics {
                 MetricsSetting::Off => kv(&mut out, "Metrics", &"off"),

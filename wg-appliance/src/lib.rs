@@ -10,9 +10,9 @@
 //! | Layer | Modules | What they are |
 //! |-------|---------|---------------|
 //! | 0 protocol | `keys` `crypto` `framing` `cookie` `noise` `session` `timers` `allowed_ips` `config` `uapi` | Sans-I/O: bytes and time in, bytes and actions out. |
-//! | 1 kernel I/O | `link` `persist` `datapath` `build_info` | The tunnel interfaces (rtnetlink), pins and saved state, the BPF programs and maps, what this build is (version, commit, BPF object hash); no protocol logic. |
+//! | 1 kernel I/O | `link` `persist` `datapath` `build_info` `uapi_client` `gateway` | The tunnel interfaces (rtnetlink), pins and saved state, the BPF programs and maps, what this build is (version, commit, BPF object hash), a running daemon asked through its UAPI socket, return routing and masquerade around a tunnel (rtnetlink, one nftables table); no protocol logic. |
 //! | 2 control plane | `daemon` | One task that wires the protocol to the kernel, the UDP and UAPI sockets and time. |
-//! | 3 services | `metrics` `bench` | Beside a daemon: the Prometheus endpoint, the A/B bench. |
+//! | 3 services | `metrics` `bench` `doctor` | Beside a daemon: the Prometheus endpoint, the A/B bench, the layered troubleshooting walk. |
 //! | 4 command | `cli` | The binary: `main.rs` parses, `cli/` runs each command. |
 //!
 //! Within and across layers, `a ─> b` reads "a uses b":
@@ -20,12 +20,12 @@
 //! ```text
 //! 4  cli
 //!     │
-//! 3  metrics ─> daemon           bench ─> noise, keys
+//! 3  metrics ─> daemon           bench ─> noise, keys    doctor ─> uapi_client, config
 //!     │
 //! 2  daemon/ (mod: the actor; device, peers, handshake, sessions, events,
 //!     │       inject, uapi, status)
 //!     │
-//! 1  datapath ─> persist ─> config       link
+//! 1  datapath ─> persist ─> config       link       uapi_client ─> keys    gateway ─> config
 //!     │
 //! 0  timers ─> session ─> noise ─> cookie ─> crypto, framing, keys
 //!    uapi ─> keys     config ─> keys     allowed_ips
@@ -39,7 +39,9 @@ pub mod cookie;
 pub mod crypto;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod framing;
+pub mod gateway;
 pub mod keys;
 pub mod link;
 pub mod metrics;
@@ -48,6 +50,7 @@ pub mod persist;
 pub mod session;
 pub mod timers;
 pub mod uapi;
+pub mod uapi_client;
 
 #[cfg(test)]
 mod layers_test;

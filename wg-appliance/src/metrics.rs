@@ -72,6 +72,21 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
         peer_labels,
     )?;
     reg.register(Box::new(hs.clone()))?;
+    let psk_age = gauge_vec(
+        &reg,
+        "wg_appliance_peer_preshared_key_age_seconds",
+        "Seconds since the peer's preshared key was set (by the configuration, `wg set` or `wg-appliance rotate-psk`; a restarted daemon counts from its start); absent for peers without one",
+        &["interface", "public_key"],
+    )?;
+    let now = std::time::SystemTime::now();
+    for p in &s.peers {
+        if let Some(t) = p.psk_set_at {
+            let age = now.duration_since(t).map_or(0, |d| d.as_secs());
+            psk_age
+                .with_label_values(&[ifc, &p.public_key.to_base64()])
+                .set(i64::try_from(age).unwrap_or(i64::MAX));
+        }
+    }
     for p in &s.peers {
         let key = p.public_key.to_base64();
         let allowed = p

@@ -58,7 +58,9 @@ pub struct IfaceArgs {
     /// TCP MSS to clamp SYNs to (default: from the MTU).
     #[arg(long)]
     pub mss: Option<u16>,
-    /// Tunnel MTU.
+    /// Tunnel MTU (default: `MTU` in the file, else from the WAN's MTU
+    /// and the underlay family: 1440 over IPv4 and 1420 over IPv6 on a
+    /// 1500-byte WAN; the MSS clamp follows unless --mss is given).
     #[arg(long)]
     pub mtu: Option<u16>,
     /// Prometheus metrics address, or "off".
@@ -88,6 +90,80 @@ pub enum Command {
     Down { interface: String },
     /// Show interfaces run by wg-appliance, as `wg show` does.
     Show { interface: Option<String> },
+    /// Walk the troubleshooting layers, top to bottom: (1) links and XDP,
+    /// (2) listen port and firewall, (3) handshakes and keys, (4) routing
+    /// and NAT, (5) MTU and MSS. Each check prints a line, and the fix when
+    /// it fails. Exit status 1 when a layer fails, 0 otherwise (warnings
+    /// included). Run it in the interface's network namespace, as root.
+    Doctor {
+        /// Interface to check (default: every interface wg-appliance runs).
+        interface: Option<String>,
+        /// Print JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The interface's configuration file (default:
+        /// /etc/wireguard/<ifname>.conf when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not probe the path MTU to the endpoints (no ICMP sent).
+        #[arg(long)]
+        no_probe: bool,
+    },
+    /// A live view for the console, redrawn every second: per-peer rates,
+    /// totals and latest handshake, drops by reason, packets per CPU, the
+    /// data path and XDP modes, handshakes by outcome. Reads the daemon's
+    /// UAPI socket only (the counters /metrics shows); `q` quits.
+    Top {
+        /// Interface to watch (default: every interface wg-appliance runs).
+        interface: Option<String>,
+        /// Seconds between frames.
+        #[arg(long, short = 'd', default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many frames (default: until q or Ctrl-C).
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+    },
+    /// Host settings around the data path: UDP socket buffer ceilings, the
+    /// WAN NIC's queue counts, RPS and XPS masks, IRQ affinity aligned with
+    /// the steering CPUs, and the XDP mode (shown). Without a flag, shows
+    /// the current and recommended values; --apply changes them, printing
+    /// each before → after, and saves the originals (0600, under
+    /// /run/wg-appliance/tune/); --revert restores them.
+    Tune {
+        /// Interface whose WAN NICs and steering CPUs to use (default:
+        /// every interface wg-appliance runs here).
+        interface: Option<String>,
+        /// Change the values (the originals are saved first).
+        #[arg(long, conflicts_with = "revert")]
+        apply: bool,
+        /// Restore the values saved by --apply.
+        #[arg(long)]
+        revert: bool,
+        /// WAN NIC(s) to tune instead of the daemon's.
+        #[arg(long, value_delimiter = ',')]
+        wan: Vec<String>,
+        /// Steering CPUs instead of the daemon's, e.g. 0-3.
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Leave the NIC's queue counts alone (changing them resets the
+        /// link on many NICs).
+        #[arg(long)]
+        keep_queues: bool,
+    },
+    /// Give one peer a new preshared key: set on this side over UAPI
+    /// (as `wg set … preshared-key` does) and printed once on stdout, to be
+    /// set on the peer within a minute. The running session stays up; the
+    /// key takes effect at the next handshake.
+    RotatePsk {
+        interface: String,
+        /// The peer: its public key, a unique start of it, or its
+        /// `# friendly_name` in /etc/wireguard/<ifname>.conf.
+        peer: String,
+        /// Set this key (a file from `wg genpsk`, mode 0600) instead of a
+        /// new random one; nothing is printed then.
+        #[arg(long)]
+        psk_file: Option<PathBuf>,
+    },
     /// Print a new private key (as `wg genkey`).
     Genkey,
     /// Read a private key on stdin, print its public key (as `wg pubkey`).

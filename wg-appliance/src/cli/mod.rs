@@ -6,17 +6,25 @@
 //! - `plan`: what to bring up, from the flags and the configuration file;
 //! - `run`: the running daemon: UAPI socket, metrics, stop conditions;
 //! - `up`: what `up <config>` adds, as wg-quick: hooks and routes;
+//! - `doctor`: the layered troubleshooting walk;
+//! - `rotate`: `rotate-psk`, a new preshared key for one peer;
+//! - `top`: the live console view;
+//! - `tune`: host settings around the data path, applied and reverted;
 //! - `down`, `show`, `keys`, `classify`: the other commands.
 
 mod args;
 mod classify;
 mod daemonize;
+mod doctor;
 mod down;
 mod keys;
 mod manpages;
 mod plan;
+mod rotate;
 mod run;
 mod show;
+mod top;
+mod tune;
 mod up;
 
 pub use self::args::{command, Cli, Command};
@@ -35,6 +43,45 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Down { interface } => down::down(&interface),
         Command::Show { interface } => show::show(interface.as_deref()),
+        Command::Doctor {
+            interface,
+            json,
+            config,
+            no_probe,
+        } => doctor::doctor(interface.as_deref(), json, config, !no_probe),
+        Command::Top {
+            interface,
+            interval,
+            count,
+        } => top::top(interface.as_deref(), interval, count),
+        Command::Tune {
+            interface,
+            apply,
+            revert,
+            wan,
+            cpus,
+            keep_queues,
+        } => {
+            let mode = if apply {
+                tune::Mode::Apply
+            } else if revert {
+                tune::Mode::Revert
+            } else {
+                tune::Mode::Show
+            };
+            tune::tune(
+                interface.as_deref(),
+                &wan,
+                cpus.as_deref(),
+                keep_queues,
+                mode,
+            )
+        }
+        Command::RotatePsk {
+            interface,
+            peer,
+            psk_file,
+        } => rotate::rotate_psk(&interface, &peer, psk_file.as_deref()),
         Command::Genkey => keys::genkey(),
         Command::Pubkey => keys::pubkey(),
         Command::Genpsk => keys::genpsk(),

@@ -24,6 +24,9 @@ pub struct Plan {
     pub config: Option<config::Config>,
     pub metrics: Option<SocketAddr>,
     pub names: metrics::FriendlyNames,
+    /// Why the tunnel MTU is what it is, when it was derived (logged once
+    /// logging is up).
+    pub mtu_note: Option<String>,
 }
 
 impl Plan {
@@ -51,7 +54,8 @@ impl Plan {
             .as_ref()
             .map(|c| c.appliance.clone())
             .unwrap_or_default();
-        let opts = interface_options(&ifname, a, &app, cfg.as_ref())?;
+        let mut mtu_note = None;
+        let opts = interface_options(&ifname, a, &app, cfg.as_ref(), &mut mtu_note)?;
         let metrics = metrics_address(a, &app)?;
         let mut names = metrics::FriendlyNames::new();
         if cfg.is_none() {
@@ -76,17 +80,20 @@ impl Plan {
             config: cfg,
             metrics,
             names,
+            mtu_note,
         })
     }
 }
 
 /// The daemon's options: each flag given, else its `[Appliance]` setting
-/// (or the file's `MTU`), else the default.
+/// (or the file's `MTU`), else the default; an MTU left out is derived
+/// from the WAN (`mtu_note` says how).
 fn interface_options(
     ifname: &str,
     a: &IfaceArgs,
     app: &ApplianceConfig,
     cfg: Option<&Config>,
+    mtu_note: &mut Option<String>,
 ) -> anyhow::Result<InterfaceOptions> {
     let xdp_mode = match a.xdp_mode {
         Some(m) => m.into(),
@@ -109,15 +116,31 @@ fn interface_options(
         // The largest MSS never clamps.
         MssSetting::Off => Some(u16::MAX),
     });
-    let mtu = a.mtu.or(cfg.and_then(|c| c.interface.mtu)).unwrap_or(1420);
+    let wan = if a.wan.is_empty() {
+        app.wan.clone()
+    } else {
+        a.wan.clone()
+    };
+    let mtu = match a.mtu.or(cfg.and_then(|c| c.interface.mtu)) {
+        Some(m) => m,
+        None => {
+            let endpoints: Vec<SocketAddr> = cfg
+                .map(|c| {
+                    c.peers
+                        .iter()
+                        .filter_map(|p| p.endpoint.as_ref()?.resolve().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let auto = config::auto_mtu(&wan_mtus(&wan, &endpoints), &endpoints);
+            *mtu_note = Some(auto.reason);
+            auto.mtu
+        }
+    };
     Ok(InterfaceOptions {
         ifname: ifname.to_owned(),
         mtu,
-        wan: if a.wan.is_empty() {
-            app.wan.clone()
-        } else {
-            a.wan.clone()
-        },
+        wan,
         xdp_mode,
         per_packet: a.per_packet || app.steering == Steering::PerPacket,
         cpus,
@@ -130,6 +153,49 @@ fn interface_options(
             .and_then(|s| s.parse().ok())
             .map(Duration::from_secs),
     })
+}
+
+/// The MTUs of the interfaces the tunnel's packets will leave by: the WAN
+/// interfaces named, else those routing to the endpoints, else those of
+/// the default routes.
+fn wan_mtus(wan: &[String], endpoints: &[SocketAddr]) -> Vec<(String, u32)> {
+    let mut devs: Vec<String> = wan.to_vec();
+    if devs.is_empty() {
+        let probes: Vec<SocketAddr> = if endpoints.is_empty() {
+            // Documentation addresses: only the default routes lead there.
+            vec![
+                "198.51.100.1:9".parse().expect("literal"),
+                "[2001:db8::1]:9".parse().expect("literal"),
+            ]
+        } else {
+            endpoints.to_vec()
+        };
+        for ep in probes {
+            if let Some(name) = link::egress_ifindex(ep).and_then(ifname_of) {
+                if !devs.contains(&name) {
+                    devs.push(name);
+                }
+            }
+        }
+    }
+    devs.into_iter()
+        .filter_map(|d| {
+            let mtu = std::fs::read_to_string(format!("/sys/class/net/{d}/mtu")).ok()?;
+            Some((d, mtu.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn ifname_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 /// `--metrics` (an address, or off), else `Metrics =` in `[Appliance]`.

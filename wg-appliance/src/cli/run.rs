@@ -16,9 +16,9 @@ use tokio::{
     sync::Notify,
 };
 use wg_appliance::{
-    config::Config,
+    config::{self, Config},
     daemon::{self, Daemon},
-    link, metrics,
+    gateway, link, metrics,
 };
 
 use super::{
@@ -51,6 +51,9 @@ pub fn run_daemon(plan: Plan, ready: Option<std::fs::File>) -> anyhow::Result<()
 /// runs it until told to stop, and takes it down again.
 async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
     let ifname = plan.ifname.clone();
+    if let Some(why) = &plan.mtu_note {
+        tracing::info!(mtu = plan.opts.mtu, reason = %why, "tunnel MTU derived (set MTU in [Interface] or --mtu to choose it)");
+    }
     let sock_path = claim_uapi_socket(&ifname)?;
     if let Some(c) = &plan.config {
         hooks(&ifname, &c.interface.pre_up, "PreUp")?;
@@ -68,6 +71,15 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
             return Err(e.into());
         }
     }
+    // Return routing, masquerade, forwarding: all or nothing, before the
+    // socket that tells the world we are up.
+    let gw = match apply_gateway(&daemon, &ifname, plan.config.as_ref()).await {
+        Ok(g) => g,
+        Err(e) => {
+            daemon.shutdown().await;
+            return Err(e);
+        }
+    };
     let setup = finish_bring_up(
         &daemon,
         &ifname,
@@ -79,6 +91,9 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
     let (listener, metrics_listener) = match setup {
         Ok(v) => v,
         Err(e) => {
+            if let Some((h, a)) = gw {
+                gateway::remove(&h, a).await;
+            }
             daemon.shutdown().await;
             return Err(e);
         }
@@ -97,6 +112,9 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
     if let Some(c) = &plan.config {
         let _ = hooks(&ifname, &c.interface.pre_down, "PreDown");
     }
+    if let Some((h, a)) = gw {
+        gateway::remove(&h, a).await;
+    }
     daemon.shutdown().await;
     let _ = std::fs::remove_file(&sock_path);
     if let Some(c) = &plan.config {
@@ -104,6 +122,41 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
     }
     r?;
     Ok(())
+}
+
+/// `ForwardIP`, `ReturnRouting` and `Masquerade` of the configuration,
+/// applied around the interface (None when it asks for none of them).
+async fn apply_gateway(
+    daemon: &Daemon,
+    ifname: &str,
+    config: Option<&Config>,
+) -> anyhow::Result<Option<(rtnetlink::Handle, gateway::Applied)>> {
+    let Some(c) = config else {
+        return Ok(None);
+    };
+    let settings = gateway::Settings {
+        forward_ip: c.appliance.forward_ip,
+        return_routing: c.appliance.return_routing,
+        masquerade: c.appliance.masquerade.clone(),
+    };
+    if settings.is_empty() {
+        // A table a killed daemon left under an older configuration.
+        gateway::remove_table(ifname);
+        return Ok(None);
+    }
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    let applied = gateway::apply(&handle, ifname, daemon.link().index, &settings).await?;
+    if settings.forward_ip {
+        tracing::info!("IP forwarding on (ForwardIP); it stays on when the interface goes down");
+    }
+    if let Some(t) = gateway::table_of(ifname, settings.return_routing) {
+        tracing::info!(table = t, fwmark = %format!("{t:#x}"), nft_table = %gateway::table_name(ifname), "return routing: replies leave through the tunnel their connection came in on");
+    }
+    if settings.masquerade != config::Masquerade::Off {
+        tracing::info!(nft_table = %gateway::table_name(ifname), "masquerade of what leaves through the tunnel");
+    }
+    Ok(Some((handle, applied)))
 }
 
 /// The UAPI socket's path for `ifname`, its directory made; refused if a

@@ -555,3 +555,80 @@ fn messages_match_range_constants() {
     assert_eq!(range(&MSS_RANGE), "536-9000");
     assert_eq!(MAX_CPU, 8191);
 }
+
+#[test]
+fn mtu_left_out_comes_from_the_wan_and_the_underlay_family() {
+    let wan = |m: u32| vec![("eth0".to_owned(), m)];
+    let v4: Vec<SocketAddr> = vec!["192.0.2.1:51820".parse().unwrap()];
+    let v6: Vec<SocketAddr> = vec!["[2001:db8::1]:51820".parse().unwrap()];
+    let both: Vec<SocketAddr> = v4.iter().chain(&v6).copied().collect();
+    assert_eq!(auto_mtu(&wan(1500), &v4).mtu, 1440);
+    assert_eq!(auto_mtu(&wan(1500), &v6).mtu, 1420);
+    assert_eq!(
+        auto_mtu(&wan(1500), &both).mtu,
+        1420,
+        "one IPv6 peer decides"
+    );
+    assert_eq!(
+        auto_mtu(&wan(1500), &[]).mtu,
+        1420,
+        "no endpoint: either family may come"
+    );
+    assert_eq!(auto_mtu(&wan(1492), &v4).mtu, 1432, "PPPoE");
+    assert_eq!(auto_mtu(&wan(1400), &v6).mtu, 1320);
+    let a = auto_mtu(&wan(9000), &v4);
+    assert_eq!(a.mtu, DATAPATH_MAX_MTU);
+    assert!(a.reason.contains("capped"), "{}", a.reason);
+    let two = vec![("eth0".to_owned(), 1500), ("ppp0".to_owned(), 1492)];
+    let a = auto_mtu(&two, &v4);
+    assert_eq!(a.mtu, 1432, "the narrowest WAN");
+    assert!(
+        a.reason.contains("ppp0") && a.reason.contains("IPv4"),
+        "{}",
+        a.reason
+    );
+    assert_eq!(
+        auto_mtu(&[], &v4).mtu,
+        1420,
+        "nothing known: WireGuard's default"
+    );
+}
+
+#[test]
+fn forwarding_return_routing_and_masquerade_parse_and_round_trip() {
+    let c = parse(
+        "[Appliance]\nForwardIP = on\nReturnRouting = 200\nMasquerade = 192.168.1.7/24, fd00::/64\n",
+        "wg0.conf",
+    )
+    .unwrap();
+    let a = &c.appliance;
+    assert!(a.forward_ip);
+    assert_eq!(a.return_routing, ReturnRouting::Table(200));
+    assert_eq!(
+        a.masquerade,
+        Masquerade::Sources(vec![net("192.168.1.0/24"), net("fd00::/64")])
+    );
+    assert_eq!(parse(&c.to_wg_quick(), "x").unwrap(), c);
+    let c = parse(
+        "[Appliance]\nReturnRouting = on\nMasquerade = on\nForwardIP = off\n",
+        "wg0.conf",
+    )
+    .unwrap();
+    assert_eq!(c.appliance.return_routing, ReturnRouting::Auto);
+    assert_eq!(c.appliance.masquerade, Masquerade::All);
+    assert!(!c.appliance.forward_ip);
+    assert_eq!(parse(&c.to_wg_quick(), "x").unwrap(), c);
+    for (text, needle) in [
+        ("ReturnRouting = 254", "a table number other than"),
+        ("ReturnRouting = maybe", "Fix:"),
+        ("Masquerade = 10.0.0.0/33", "not on, off or a source prefix"),
+        ("Masquerade = ,", "is empty"),
+        ("ForwardIP = 2", "on or off"),
+    ] {
+        let m = err(&format!("[Appliance]\n{text}\n"));
+        assert!(
+            m.contains(needle) && m.contains("wg0.conf:2"),
+            "{text}: {m}"
+        );
+    }
+}

@@ -52,6 +52,9 @@ pub(super) struct PeerState {
     /// Counts consumed initiations: a response built by a worker is used
     /// only if no newer initiation was consumed meanwhile.
     pub(super) responder_generation: u64,
+    /// When this daemon saw the preshared key change (None: no key). A
+    /// restarted daemon starts counting again; `rotate-psk` resets it.
+    pub(super) psk_set_at: Option<SystemTime>,
 }
 
 impl PeerState {
@@ -147,6 +150,7 @@ impl Daemon {
                 &placeholder
             }
         };
+        let spec_psk_set = spec.preshared_key.is_some();
         PeerState {
             hs: Handshake::new(identity, spec.public_key, spec.preshared_key.clone()),
             timers: PeerTimers::new(self.timer_config(spec.persistent_keepalive)),
@@ -159,6 +163,7 @@ impl Daemon {
             hs_rx_bytes: 0,
             hs_tx_bytes: 0,
             responder_generation: 0,
+            psk_set_at: spec_psk_set.then(SystemTime::now),
         }
     }
 
@@ -185,6 +190,14 @@ impl Daemon {
     pub(super) fn set_psk(&mut self, id: u32, psk: Option<PresharedKey>) {
         let psk = psk.filter(|k| !k.is_zero());
         if let Some(p) = self.peers.get_mut(&id) {
+            let same = match (&p.spec.preshared_key, &psk) {
+                (Some(a), Some(b)) => a.as_bytes() == b.as_bytes(),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                p.psk_set_at = psk.as_ref().map(|_| SystemTime::now());
+            }
             p.hs.set_preshared_key(psk.clone());
             p.spec.preshared_key = psk;
         }

@@ -23,6 +23,8 @@ pub struct PeerStatus {
     pub persistent_keepalive: Option<u16>,
     /// Handshakes completed with this peer since the daemon started.
     pub handshakes: u64,
+    /// When the preshared key was last set (None: the peer has none).
+    pub psk_set_at: Option<SystemTime>,
 }
 
 /// Handshake outcomes, for metrics.
@@ -65,6 +67,7 @@ impl Daemon {
                 tx_bytes: p.tx_bytes(),
                 persistent_keepalive: p.spec.persistent_keepalive,
                 handshakes: p.handshakes,
+                psk_set_at: p.psk_set_at,
             })
             .collect()
     }
@@ -99,6 +102,65 @@ impl Daemon {
             items.push(("wan_xdp", format!("{dev} {mode}")));
         }
         items.push(("version", crate::build_info::long_version().to_owned()));
+        // For `doctor` and `top`: the tunnel's MTU and MSS clamp, and the
+        // counters /metrics shows, so a console needs nothing but this socket.
+        items.push(("mtu", self.link.mtu.to_string()));
+        let mss_v4 = self.opts.mss.unwrap_or(self.link.mtu.saturating_sub(40));
+        items.push((
+            "mss",
+            if mss_v4 == u16::MAX {
+                "off".to_owned()
+            } else {
+                format!("{mss_v4} {}", mss_v4.saturating_sub(20))
+            },
+        ));
+        items.push(("sessions", self.by_index.len().to_string()));
+        let cpus = self
+            .opts
+            .cpus
+            .clone()
+            .unwrap_or_else(crate::datapath::online_cpus);
+        items.push((
+            "cpus",
+            cpus.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        let h = &self.hs_stats;
+        for (outcome, v) in [
+            ("completed_initiator", h.completed_initiator),
+            ("completed_responder", h.completed_responder),
+            ("initiation_sent", h.initiations_sent),
+            ("rejected", h.rejected),
+            ("cookie_reply_sent", h.cookie_replies_sent),
+        ] {
+            items.push(("handshakes", format!("{outcome} {v}")));
+        }
+        if let Ok(counters) = self.dp.counters() {
+            for (c, v) in &counters.0 {
+                items.push(("counter", format!("{} {v}", c.name())));
+            }
+        }
+        if let Ok(per_cpu) = self.dp.counters_per_cpu() {
+            let rx = per_cpu.get(&wg_ebpf_common::Counter::RxDelivered);
+            let tx = per_cpu.get(&wg_ebpf_common::Counter::TxSent);
+            let n = rx.map_or(0, Vec::len).max(tx.map_or(0, Vec::len));
+            for cpu in 0..n {
+                let at = |v: Option<&Vec<u64>>| v.and_then(|v| v.get(cpu)).copied().unwrap_or(0);
+                items.push(("cpu", format!("{cpu} {} {}", at(rx), at(tx))));
+            }
+        }
+        let now = SystemTime::now();
+        for p in self.peers.values() {
+            if let Some(t) = p.psk_set_at {
+                let age = now.duration_since(t).map_or(0, |d| d.as_secs());
+                items.push((
+                    "psk_age",
+                    format!("{} {age}", p.spec.public_key.to_base64()),
+                ));
+            }
+        }
         items
     }
 }
