@@ -390,10 +390,13 @@ fn pins_case(host_mounted: bool) {
     let first = Daemon::start_with_env(&gw, &bin, &conf, run.0.join("first.log"), &[&env]);
     wait_until(Duration::from_secs(15), "the tunnel", || ping("1"))
         .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", first.log()));
+    // Where PID 1's mount namespace can be entered, the daemon mounts its
+    // pin file system there, and its pins outlive it either way.
+    let hitless = host_mounted || std::fs::File::open("/proc/1/ns/mnt").is_ok();
     let warned = first.log().contains("will NOT be hitless");
     assert_eq!(
         warned,
-        !host_mounted,
+        !hitless,
         "{what}: the start-up warning; log:\n{}",
         first.log()
     );
@@ -410,7 +413,7 @@ fn pins_case(host_mounted: bool) {
         .to_owned();
     assert_eq!(
         pins_line.contains("NOT be hitless"),
-        !host_mounted,
+        !hitless,
         "{what}: {pins_line}"
     );
     let metrics = String::from_utf8_lossy(
@@ -424,7 +427,7 @@ fn pins_case(host_mounted: bool) {
     .into_owned();
     let ready = format!(
         "wg_appliance_hitless_restart_ready{{interface=\"{ifname}\"}} {}",
-        u8::from(host_mounted)
+        u8::from(hitless)
     );
     assert!(
         metrics.contains(&ready),
@@ -433,7 +436,7 @@ fn pins_case(host_mounted: bool) {
 
     drop(first); // SIGKILL
     let second = Daemon::start_with_env(&gw, &bin, &conf, run.0.join("second.log"), &[&env]);
-    let expect = if host_mounted {
+    let expect = if hitless {
         "adopted the running data path"
     } else {
         "starting it afresh"

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     // prometheus and promtool: the monitoring test, the alert-rule unit
     // tests and the demo's dashboard query.
     "prometheus",
+    // tmux: the `top` test drives the live view in a pseudo-terminal.
+    "tmux",
 ];
 
 /// Tools `cargo install` builds, each pinned to a full version: stable
@@ -74,7 +76,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step {
-        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus)",
+        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux)",
         present: apt_present,
         install: apt_install,
         fix: "run as root with network access to the Debian mirrors: apt-get update && apt-get install --no-install-recommends <packages>",
