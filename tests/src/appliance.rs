@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, thread::JoinHandle, time::Duration};
 use anyhow::{anyhow, Context as _, Result};
 use tokio::sync::Notify;
 use wg_appliance::{
-    daemon::{Daemon, DeviceSpec, PeerStatus},
+    daemon::{Daemon, DeviceSpec, HandshakeStats, PeerStatus},
     datapath::Counters,
 };
 use wg_ebpf_common::Counter;
@@ -20,6 +20,7 @@ pub struct Report {
     pub counters: Counters,
     pub per_cpu: BTreeMap<Counter, Vec<u64>>,
     pub peers: Vec<PeerStatus>,
+    pub handshakes: HandshakeStats,
 }
 
 pub struct Appliance {
@@ -60,6 +61,7 @@ impl Appliance {
                     counters: d.datapath().counters()?,
                     per_cpu: d.datapath().counters_per_cpu()?,
                     peers: d.status(),
+                    handshakes: d.handshake_stats().clone(),
                 };
                 d.shutdown().await;
                 r?;

@@ -16,7 +16,12 @@ use std::{
     time::Duration,
 };
 
-use wg_appliance::datapath::Counters;
+use rand_core_06::OsRng;
+use wg_appliance::{
+    datapath::Counters,
+    keys::PrivateKey,
+    noise::{Handshake, Identity, Tai64N},
+};
 use wg_appliance_tests::{
     proc::Bg,
     require_netns,
@@ -81,9 +86,19 @@ fn pcap_udp_payloads(bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Captures the first message of WireGuard type `ty` the peer sends to the
+/// gateway while `traffic` runs.
+fn capture_type(t: &Tunnel, ty: u8, traffic: impl FnOnce()) -> Vec<u8> {
+    capture(t, ty, 1, traffic).remove(0)
+}
+
 /// Captures `count` transport data messages the peer sends to the gateway
 /// while `traffic` runs.
 fn capture_data(t: &Tunnel, count: u32, traffic: impl FnOnce()) -> Vec<Vec<u8>> {
+    capture(t, 4, count, traffic)
+}
+
+fn capture(t: &Tunnel, ty: u8, count: u32, traffic: impl FnOnce()) -> Vec<Vec<u8>> {
     let file = std::env::temp_dir().join(format!("wgt-attack-{}.pcap", t.gw.name()));
     let f = file.to_str().expect("path");
     let c = count.to_string();
@@ -99,7 +114,7 @@ fn capture_data(t: &Tunnel, count: u32, traffic: impl FnOnce()) -> Vec<Vec<u8>> 
             &c,
             "-w",
             f,
-            "udp and dst port 51820 and udp[8] = 4",
+            &format!("udp and dst port 51820 and udp[8] = {ty}"),
         ],
     )
     .expect("tcpdump");
@@ -111,7 +126,7 @@ fn capture_data(t: &Tunnel, count: u32, traffic: impl FnOnce()) -> Vec<Vec<u8>> 
     let bytes = std::fs::read(&file).expect("pcap");
     let _ = std::fs::remove_file(&file);
     let msgs = pcap_udp_payloads(&bytes);
-    assert_eq!(msgs.len(), count as usize, "captured data messages");
+    assert_eq!(msgs.len(), count as usize, "captured messages of type {ty}");
     msgs
 }
 
@@ -184,8 +199,9 @@ fn attack(t: &Tunnel, what: &str, msg: &[u8], fragment: bool, reason: Counter) {
 fn data_plane_attacks_are_dropped_and_counted_exactly() {
     wg_appliance_tests::init_logging();
     require_netns!("data_plane_attacks_are_dropped_and_counted_exactly");
-    let t = Tunnel::new(PeerKind::WireguardGo, false, |_| {}, |_| {}).expect("topology");
-    t.warm_up().expect("handshake");
+    let mut t = Tunnel::new(PeerKind::WireguardGo, false, |_| {}, |_| {}).expect("topology");
+    // The peer's handshake initiation, captured as the tunnel comes up.
+    let initiation = capture_type(&t, 1, || t.warm_up().expect("handshake"));
 
     // Three data messages of a ping, captured on the wire.
     let msgs = capture_data(&t, 3, || {
@@ -292,6 +308,23 @@ fn data_plane_attacks_are_dropped_and_counted_exactly() {
         Counter::DropReplay,
     );
 
+    // 7. The peer's initiation sent again (its timestamp is stale now), and
+    //    an initiation with a valid mac1 from a key the gateway does not
+    //    know: both cost the gateway a DH, and both are refused, each under
+    //    its own reason (read when the gateway stops, below).
+    inject(&t.peer_ns, &initiation, false);
+    let stranger = Identity::new(&PrivateKey::generate());
+    let forged = Handshake::new(&stranger, t.gw_public, None)
+        .create_initiation(
+            &mut OsRng,
+            Tai64N::from_system_time(std::time::SystemTime::now()),
+            7,
+            Duration::ZERO,
+        )
+        .expect("initiation");
+    inject(&t.peer_ns, &forged, false);
+    std::thread::sleep(Duration::from_millis(500));
+
     // The tunnel worked throughout, and no attack was counted as a
     // failure of anything else.
     assert!(ping_all(&t.peer_ns, None, GW_IN4, 3, "0.2"), "final ping");
@@ -311,5 +344,21 @@ fn data_plane_attacks_are_dropped_and_counted_exactly() {
     assert_eq!(
         end.get(Counter::DropBadDataLength) - start.get(Counter::DropBadDataLength),
         1
+    );
+    let report = t.stop_gw().expect("stop the gateway");
+    let r = &report.handshakes.rejections;
+    assert_eq!(
+        r.get("replayed_timestamp").copied(),
+        Some(1),
+        "the replayed initiation: {r:?}"
+    );
+    assert_eq!(
+        r.get("unknown_peer").copied(),
+        Some(1),
+        "the stranger's initiation: {r:?}"
+    );
+    assert_eq!(
+        report.handshakes.rejected, 2,
+        "nothing else was refused: {r:?}"
     );
 }

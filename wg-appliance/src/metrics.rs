@@ -167,6 +167,15 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
     ] {
         hsk.with_label_values(&[ifc, outcome]).inc_by(v);
     }
+    let rejections = counter_vec(
+        &reg,
+        "wg_appliance_handshake_rejections_total",
+        "Handshake messages refused, by reason (bad_mac, queue_full, unknown_peer, replayed_timestamp, initiation_too_soon, decrypt_failed, ...)",
+        &["interface", "reason"],
+    )?;
+    for (reason, v) in &h.rejections {
+        rejections.with_label_values(&[ifc, reason]).inc_by(*v);
+    }
     counter_vec(
         &reg,
         "wg_appliance_cookie_replies_sent_total",

@@ -72,7 +72,7 @@ impl Daemon {
             identity: Arc::clone(identity),
         };
         if !self.hs_pool.submit(job) {
-            self.hs_stats.rejected += 1;
+            self.hs_stats.reject("queue_full");
             tracing::debug!(%src, "handshake queue full: initiation dropped");
         }
     }
@@ -111,13 +111,13 @@ impl Daemon {
         let opened = match result {
             Ok(o) => o,
             Err(e) => {
-                self.hs_stats.rejected += 1;
+                self.hs_stats.reject(rejection_reason(&e));
                 tracing::debug!(%src, error = %e, "handshake initiation refused");
                 return;
             }
         };
         let Some(id) = self.peer_id(opened.peer_public()) else {
-            self.hs_stats.rejected += 1;
+            self.hs_stats.reject("unknown_peer");
             tracing::debug!(%src, "initiation from an unknown public key");
             return;
         };
@@ -133,7 +133,7 @@ impl Daemon {
         {
             Ok(r) => r,
             Err(e) => {
-                self.hs_stats.rejected += 1;
+                self.hs_stats.reject(rejection_reason(&e));
                 self.by_index.remove(&local_index);
                 tracing::debug!(peer = %peer_short, %src, error = %e, "initiation refused");
                 return;
@@ -149,7 +149,7 @@ impl Daemon {
             responder,
         };
         if !self.hs_pool.submit(job) {
-            self.hs_stats.rejected += 1;
+            self.hs_stats.reject("queue_full");
             self.by_index.remove(&local_index);
             tracing::debug!(peer = %peer_short, %src, "handshake queue full: response dropped");
         }
@@ -234,7 +234,7 @@ impl Daemon {
         let keypair = match p.hs.consume_response(m) {
             Ok(k) => k,
             Err(e) => {
-                self.hs_stats.rejected += 1;
+                self.hs_stats.reject(rejection_reason(&e));
                 tracing::debug!(peer = %peer_short, %src, error = %e, "handshake response refused");
                 return;
             }
@@ -291,7 +291,7 @@ impl Daemon {
         match checker.admit(msg, src, under_load, now, &mut OsRng) {
             Admission::Process => true,
             Admission::Drop => {
-                self.hs_stats.rejected += 1;
+                self.hs_stats.reject("bad_mac");
                 false
             }
             Admission::SendCookieReply => {
@@ -339,5 +339,19 @@ fn canonical(a: SocketAddr) -> SocketAddr {
             None => a,
         },
         v4 => v4,
+    }
+}
+
+/// The reason label of a refused handshake message.
+fn rejection_reason(e: &noise::NoiseError) -> &'static str {
+    use noise::NoiseError as E;
+    match e {
+        E::ReplayedTimestamp => "replayed_timestamp",
+        E::InitiationTooSoon => "initiation_too_soon",
+        E::DecryptFailed => "decrypt_failed",
+        E::WeakPublicKey => "weak_key",
+        E::WrongPeer { .. } | E::NoStaticSharedSecret => "unknown_peer",
+        E::UnexpectedResponse | E::WrongReceiverIndex { .. } | E::NothingToRespond => "unexpected",
+        _ => "malformed",
     }
 }

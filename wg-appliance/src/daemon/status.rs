@@ -34,7 +34,18 @@ pub struct HandshakeStats {
     pub completed_responder: u64,
     pub initiations_sent: u64,
     pub rejected: u64,
+    /// `rejected`, by reason (`bad_mac`, `queue_full`, `unknown_peer`,
+    /// `replayed_timestamp`, `initiation_too_soon`, `decrypt_failed`, ...).
+    pub rejections: std::collections::BTreeMap<&'static str, u64>,
     pub cookie_replies_sent: u64,
+}
+
+impl HandshakeStats {
+    /// Counts a refused handshake message under `reason`.
+    pub(super) fn reject(&mut self, reason: &'static str) {
+        self.rejected += 1;
+        *self.rejections.entry(reason).or_default() += 1;
+    }
 }
 
 /// Everything the metrics endpoint reports, read at scrape time.
@@ -54,6 +65,11 @@ pub struct Status {
 }
 
 impl Daemon {
+    /// Handshake messages by outcome since the daemon started.
+    pub fn handshake_stats(&self) -> &HandshakeStats {
+        &self.hs_stats
+    }
+
     /// The peers as `wg show` would report them.
     pub fn status(&self) -> Vec<PeerStatus> {
         self.peers
