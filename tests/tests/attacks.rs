@@ -13,6 +13,7 @@
 use std::{
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
+    os::unix::fs::MetadataExt as _,
     time::Duration,
 };
 
@@ -33,7 +34,6 @@ use wg_ebpf_common::{maps::REPLAY_WINDOW, Counter};
 /// The gateway's counters, read from its pinned per-CPU counter map
 /// (`STATS`) and summed over CPUs.
 fn counters(t: &Tunnel) -> Counters {
-    use std::os::unix::fs::MetadataExt as _;
     let ino = std::fs::metadata(format!("/var/run/netns/{}", t.gw.name()))
         .expect("netns")
         .ino();
@@ -345,6 +345,45 @@ fn data_plane_attacks_are_dropped_and_counted_exactly() {
         end.get(Counter::DropBadDataLength) - start.get(Counter::DropBadDataLength),
         1
     );
+    // 8. Valid-looking data for an expired session: the live sessions'
+    //    birth moved back past REJECT_AFTER_TIME through the pinned map
+    //    (then put back), and a data message for one of them.
+    {
+        let ino = std::fs::metadata(format!("/var/run/netns/{}", t.gw.name()))
+            .expect("netns")
+            .ino();
+        let pin = wg_appliance::persist::bpffs_dir()
+            .join(ino.to_string())
+            .join(t.gw_if())
+            .join("map_SESSIONS");
+        let data =
+            aya::maps::MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+        let mut sessions: aya::maps::HashMap<_, u32, wg_ebpf_common::maps::Session> =
+            aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+                .expect("hash map");
+        let live: Vec<(u32, wg_ebpf_common::maps::Session)> =
+            sessions.iter().map(|r| r.expect("session")).collect();
+        for (k, s) in &live {
+            let mut old = *s;
+            old.birth_ns = old
+                .birth_ns
+                .saturating_sub((wg_ebpf_common::REJECT_AFTER_TIME_SECS + 20) * 1_000_000_000);
+            sessions.insert(k, old, 0).expect("age the session");
+        }
+        let mut stale = last.clone();
+        stale[8..16].copy_from_slice(&(counter_of(&last) + 2_000_000).to_le_bytes());
+        attack(
+            &t,
+            "data for an expired session",
+            &stale,
+            false,
+            Counter::DropSessionExpired,
+        );
+        for (k, s) in &live {
+            sessions.insert(k, s, 0).expect("restore the session");
+        }
+    }
+
     let report = t.stop_gw().expect("stop the gateway");
     let r = &report.handshakes.rejections;
     assert_eq!(
