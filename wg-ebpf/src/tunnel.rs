@@ -72,7 +72,13 @@ pub fn sendable_index(cfg: &TunnelConfig, index: u32) -> Option<*mut Session> {
     let s = SESSIONS.get_ptr_mut(&index)?;
     // SAFETY: a live map value.
     let sr = unsafe { &*s };
-    if sr.flags & SESSION_CAN_SEND == 0 || sr.send_counter >= REJECT_AFTER_MESSAGES {
+    if sr.flags & SESSION_CAN_SEND == 0 {
+        return None;
+    }
+    let st = crate::maps::state_of(sr, index)?;
+    // SAFETY: a live array value; a racy read of the counter is fine here
+    // (the fetch-add that reserves one checks the limit again).
+    if unsafe { core::ptr::read_volatile(&(*st).send_counter) } >= REJECT_AFTER_MESSAGES {
         return None;
     }
     // SAFETY: helper without preconditions.
