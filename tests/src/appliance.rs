@@ -57,7 +57,7 @@ impl Appliance {
                 let _ = ready_tx.send(Ok(()));
                 let r = d.run(stop2).await;
                 let report = Report {
-                    counters: d.datapath().counters()?,
+                    counters: d.counters()?,
                     per_cpu: d.datapath().counters_per_cpu()?,
                     peers: d.status(),
                 };

@@ -184,7 +184,16 @@ fn attack(t: &Tunnel, what: &str, msg: &[u8], fragment: bool, reason: Counter) {
 fn data_plane_attacks_are_dropped_and_counted_exactly() {
     wg_appliance_tests::init_logging();
     require_netns!("data_plane_attacks_are_dropped_and_counted_exactly");
-    let t = Tunnel::new(PeerKind::WireguardGo, false, |_| {}, |_| {}).expect("topology");
+    // Reads the BPF path's counters from the pinned STATS map: the
+    // attacks go through the BPF path (the fast path counts the same
+    // verdicts in its workers; tests/tests/fastpath.rs).
+    let t = Tunnel::new(
+        PeerKind::WireguardGo,
+        false,
+        |s| s.data_path = wg_appliance::config::DataPathSetting::Bpf,
+        |_| {},
+    )
+    .expect("topology");
     t.warm_up().expect("handshake");
 
     // Three data messages of a ping, captured on the wire.

@@ -162,6 +162,41 @@ pub struct ApplianceConfig {
     /// Handshake messages per second per source address; `None` = built-in.
     pub handshake_rate: Option<u32>,
     pub metrics: MetricsSetting,
+    /// Which data path carries the tunnel (`DataPath =`).
+    pub data_path: DataPathSetting,
+}
+
+/// `DataPath` in `[Appliance]` (and `--data-path`): the AF_XDP fast path,
+/// the BPF data path, or the fast path where it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPathSetting {
+    /// AF_XDP where it starts, BPF elsewhere (saying why).
+    Auto,
+    /// AF_XDP; failing to start it is an error.
+    Afxdp,
+    /// The BPF data path only. The default until the fast path carries
+    /// both directions (issue #13).
+    #[default]
+    Bpf,
+}
+
+impl DataPathSetting {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+            "auto" => Some(Self::Auto),
+            "afxdp" => Some(Self::Afxdp),
+            "bpf" => Some(Self::Bpf),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Afxdp => "afxdp",
+            Self::Bpf => "bpf",
+        }
+    }
 }
 
 impl Default for ApplianceConfig {
@@ -174,6 +209,7 @@ impl Default for ApplianceConfig {
             mss: MssSetting::Auto,
             handshake_rate: None,
             metrics: MetricsSetting::default(),
+            data_path: DataPathSetting::default(),
         }
     }
 }
@@ -286,6 +322,7 @@ impl Section {
                 "Mss",
                 "HandshakeRate",
                 "Metrics",
+                "DataPath",
             ],
         }
     }
@@ -857,6 +894,15 @@ impl Parser<'_> {
             invalid(&at, key, Some(v), problem, expected, fix)
         };
         match key {
+            "DataPath" => {
+                app.data_path = DataPathSetting::parse(v).ok_or_else(|| {
+                    bad(
+                        "not a data path",
+                        "auto, afxdp or bpf",
+                        "use `DataPath = auto` to take AF_XDP where it works",
+                    )
+                })?
+            }
             "XdpMode" => {
                 app.xdp_mode = match v.to_ascii_lowercase().as_str() {
                     "auto" => XdpModeSetting::Auto,
@@ -1346,6 +1392,9 @@ impl Config {
             }
             if a.steering == Steering::PerPacket {
                 kv(&mut out, "Steering", &"per-packet");
+            }
+            if a.data_path != DataPathSetting::default() {
+                kv(&mut out, "DataPath", &a.data_path.name());
             }
             if let Some(c) = &a.cpus {
                 kv(&mut out, "Cpus", &format_cpu_list(c));

@@ -123,6 +123,7 @@ fn interface_options(
         cpus,
         mss,
         handshake_rate: app.handshake_rate,
+        data_path: app.data_path,
         // Test hook only (the rekey test of the hitless restart); never
         // set in production.
         rekey_after_time: std::env::var("WG_APPLIANCE_TEST_REKEY_AFTER_SECS")
@@ -193,5 +194,6 @@ fn device_spec(
         cpus: opts.cpus.clone(),
         mss: opts.mss,
         rekey_after_time: opts.rekey_after_time,
+        data_path: opts.data_path,
     })
 }

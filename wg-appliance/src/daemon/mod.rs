@@ -30,6 +30,7 @@
 
 mod device;
 mod events;
+mod fast;
 mod handshake;
 mod inject;
 mod peers;
@@ -135,6 +136,8 @@ pub struct Daemon {
     ticks: u64,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,
+    /// The AF_XDP fast path, when it runs (dropped before `dp`).
+    fast: Option<crate::fastpath::FastPath>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {

@@ -219,6 +219,7 @@ impl Daemon {
             }
         }
         self.dp.add_allowed(net.network(), net.prefix_len(), id)?;
+        self.fast_sync();
         Ok(())
     }
 
@@ -252,6 +253,7 @@ impl Daemon {
         for net in &nets {
             self.allowed.remove(*net);
         }
+        self.fast_sync();
         for net in nets {
             self.dp.remove_allowed(net.network(), net.prefix_len())?;
         }
@@ -269,6 +271,7 @@ impl Daemon {
         for i in indexes {
             self.by_index.remove(&i);
             self.dp.remove_session(i)?;
+            self.fast_sync();
         }
         self.dp.set_current(id, 0)?;
         self.dp.set_peer(id, &BpfPeer::default())?;

@@ -72,7 +72,7 @@ impl Daemon {
             interface: self.link.name.clone(),
             listen_port: self.listen_port,
             peers: self.status(),
-            counters: self.dp.counters().unwrap_or_default(),
+            counters: self.counters().unwrap_or_default(),
             per_cpu: self.dp.counters_per_cpu().unwrap_or_default(),
             handshakes: self.hs_stats.clone(),
             sessions: self.by_index.len(),
