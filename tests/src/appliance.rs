@@ -20,6 +20,8 @@ pub struct Report {
     pub counters: Counters,
     pub per_cpu: BTreeMap<Counter, Vec<u64>>,
     pub peers: Vec<PeerStatus>,
+    /// Frames the kernel dropped before a fast-path worker saw them.
+    pub fast_socket_drops: wg_appliance::fastpath::SocketDrops,
 }
 
 pub struct Appliance {
@@ -60,6 +62,7 @@ impl Appliance {
                     counters: d.counters()?,
                     per_cpu: d.datapath().counters_per_cpu()?,
                     peers: d.status(),
+                    fast_socket_drops: d.fast_path().map(|f| f.socket_drops()).unwrap_or_default(),
                 };
                 d.shutdown().await;
                 r?;

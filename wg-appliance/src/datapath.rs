@@ -683,6 +683,29 @@ impl Datapath {
         })
     }
 
+    /// A file descriptor of its own for map `name` (to mmap a
+    /// `BPF_F_MMAPABLE` array).
+    pub fn map_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd, DatapathError> {
+        let m = self.map(name)?;
+        let data: &MapData = match m {
+            aya::maps::Map::Array(d) => d,
+            _ => return Err(DatapathError::Missing(name)),
+        };
+        data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+            map_err(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }))
+        })
+    }
+
+    /// Registers the worker's AF_XDP socket on `wg0x` queue `queue` in
+    /// `XSKS_TX` (`tun_tx` hands it the packets of `FAST_TX` peers).
+    pub fn set_xsk_tx(&mut self, queue: u32, fd: &impl AsRawFd) -> Result<(), DatapathError> {
+        let mut m = XskMap::try_from(self.map_mut("XSKS_TX")?).map_err(map_err("XSKS_TX"))?;
+        m.set(queue, fd.as_raw_fd(), 0).map_err(map_err("XSKS_TX"))
+    }
+
     /// Number of `SESSION_STATE` slots.
     pub fn session_state_entries(&self) -> u32 {
         MAX_SESSIONS

@@ -155,11 +155,13 @@ pub enum Counter {
     EndpointRoamed,
     /// Transport data redirected to an AF_XDP fast-path worker (`wan_rx`).
     RxFastPath,
+    /// Inner packet redirected to an AF_XDP fast-path worker (`tun_tx`).
+    TxFastPath,
 }
 
 impl Counter {
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = Counter::RxFastPath as u32 + 1;
+    pub const COUNT: u32 = Counter::TxFastPath as u32 + 1;
 
     /// All counters in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -200,6 +202,7 @@ impl Counter {
         Counter::MssClamped,
         Counter::EndpointRoamed,
         Counter::RxFastPath,
+        Counter::TxFastPath,
     ];
 
     /// The counter with map index `i`.
@@ -248,6 +251,7 @@ impl Counter {
             Counter::MssClamped => "mss_clamped",
             Counter::EndpointRoamed => "endpoint_roamed",
             Counter::RxFastPath => "rx_fast_path",
+            Counter::TxFastPath => "tx_fast_path",
         }
     }
 

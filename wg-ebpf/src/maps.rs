@@ -59,9 +59,22 @@ pub fn state_of(s: &Session, index: u32) -> Option<*mut SessionState> {
 pub static PEERS: Array<Peer> = Array::with_max_entries(MAX_PEERS, 0);
 
 /// Peer id → local index of the session it sends with (0: none); see
-/// `wg_ebpf_common::maps::Peer` on why this is a map of its own.
+/// `wg_ebpf_common::maps::Peer` on why this is a map of its own. Mapped by
+/// the fast path's workers, which read it per packet they send.
 #[map]
-pub static PEER_CURRENT: Array<u32> = Array::with_max_entries(MAX_PEERS, 0);
+pub static PEER_CURRENT: Array<u32> = Array::with_max_entries(MAX_PEERS, BPF_F_MMAPABLE);
+
+/// Peer id → nonzero when a fast-path worker can send to the peer (it
+/// knows the link-layer and IP addresses towards it, learnt from the
+/// peer's own packets). `tun_tx` hands such a peer's packets to the worker
+/// when `XSKS_TX` has its socket.
+#[map]
+pub static FAST_TX: Array<u32> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// `wg0x` queue → the AF_XDP socket of the worker that encrypts (empty: the
+/// BPF path's `crypt_tx`).
+#[map]
+pub static XSKS_TX: XskMap = XskMap::with_max_entries(MAX_CPUS, 0);
 
 /// The session peer `peer_id` sends with (0: none), read once: the control
 /// plane may switch it at any time.

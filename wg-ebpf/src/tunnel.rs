@@ -23,7 +23,7 @@ use wg_ebpf_common::{
 
 use crate::{
     count, inner, load,
-    maps::{CPUS_TX, EVENTS, PEERS, SESSIONS, TUNNEL},
+    maps::{CPUS_TX, EVENTS, FAST_TX, PEERS, SESSIONS, TUNNEL, XSKS_TX},
     read_be16, steer_cpu, DROP, PASS,
 };
 
@@ -127,6 +127,12 @@ fn try_tun_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
             return Err(Counter::DropSessionExpired);
         }
         return stage(ctx, peer_id, avail - ETH_HLEN);
+    }
+    if proto != ETH_P_WG_CONTROL && FAST_TX.get(peer_id).is_some_and(|v| *v != 0) {
+        // The fast path's worker, if one runs on this queue.
+        if let Ok(v) = XSKS_TX.redirect(ctx.rx_queue_index(), PASS as u64) {
+            return Ok((Counter::TxFastPath, v));
+        }
     }
     let cpu = steer_cpu(cfg, peer_id, true);
     match CPUS_TX.redirect(cpu, 0) {

@@ -102,7 +102,7 @@ impl Daemon {
     }
 
     pub(super) async fn on_tick(&mut self) {
-        self.fast_events();
+        self.fast_events().await;
         let now = self.now();
         // Routes change under us (a new uplink, a moved default route):
         // every 5 s, attach wan_rx wherever traffic to the peers now leaves.

@@ -2,9 +2,9 @@
 //! it, starting its worker, keeping its tables current, taking in what the
 //! workers report, and adding their counters to the BPF path's.
 
-use wg_ebpf_common::maps::PeerStats;
+use wg_ebpf_common::maps::{EventHeader, PeerStats, EVENT_ENDPOINT_CHANGED, EVENT_REKEY_WANTED};
 
-use super::{peers::endpoint_of, Daemon};
+use super::Daemon;
 use crate::{
     config::DataPathSetting as DataPathChoice,
     fastpath::{FastPath, FastPathSetup, Tables, WorkerEvent},
@@ -46,6 +46,8 @@ impl Daemon {
             mss_v4,
             mss_v6: mss_v4.saturating_sub(20),
             reject_after_ns: wg_ebpf_common::REJECT_AFTER_TIME_SECS * 1_000_000_000,
+            listen_port: self.listen_port,
+            mtu: self.opts.mtu,
             ..Default::default()
         };
         let setup = FastPathSetup {
@@ -67,7 +69,7 @@ impl Daemon {
                         device = %m.ifname,
                         queue = m.queue,
                         mode = m.mode,
-                        "data path: AF_XDP fast path (receive) on {} queue {} in {} mode; other queues and the send direction on BPF",
+                        "data path: AF_XDP fast path on {} queue {} in {} mode (other queues, keepalives and peers not yet heard from on BPF)",
                         m.ifname, m.queue, m.mode
                     );
                 }
@@ -94,19 +96,30 @@ impl Daemon {
         }
     }
 
-    /// What the workers reported since the last tick.
-    pub(super) fn fast_events(&mut self) {
+    /// What the workers reported since the last tick, handled as the
+    /// same events from BPF are.
+    pub(super) async fn fast_events(&mut self) {
         let Some(f) = &self.fast else { return };
         for e in f.events() {
-            match e {
-                WorkerEvent::Roamed(id) => {
-                    if let (Ok(slot), Some(p)) = (self.dp.peer(id), self.peers.get_mut(&id)) {
-                        let ep = endpoint_of(&slot);
-                        tracing::info!(peer = %p.spec.public_key.short(), endpoint = ?ep, "peer roamed (fast path)");
-                        p.endpoint = ep;
-                    }
-                }
+            let (kind, peer_id) = match e {
+                WorkerEvent::Roamed(id) => (EVENT_ENDPOINT_CHANGED, id),
+                WorkerEvent::RekeyWanted(id) => (EVENT_REKEY_WANTED, id),
+            };
+            let h = EventHeader {
+                kind,
+                peer_id,
+                len: 0,
+                _pad: 0,
+            };
+            // SAFETY: EventHeader is plain data, read as its bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&h as *const EventHeader).cast::<u8>(),
+                    std::mem::size_of::<EventHeader>(),
+                )
             }
+            .to_vec();
+            self.on_event(&bytes).await;
         }
     }
 
@@ -119,6 +132,12 @@ impl Daemon {
             s.rx_bytes += p.rx_bytes.load(Relaxed);
             s.last_rx_ns = s.last_rx_ns.max(p.last_rx_ns.load(Relaxed));
             s.last_rx_data_ns = s.last_rx_data_ns.max(p.last_rx_data_ns.load(Relaxed));
+            s.tx_packets += p.tx_packets.load(Relaxed);
+            s.tx_bytes += p.tx_bytes.load(Relaxed);
+            let tx = p.last_tx_ns.load(Relaxed);
+            s.last_tx_ns = s.last_tx_ns.max(tx);
+            // The workers send data only (keepalives stay on BPF).
+            s.last_tx_data_ns = s.last_tx_data_ns.max(tx);
         }
         Ok(s)
     }

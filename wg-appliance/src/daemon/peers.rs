@@ -316,6 +316,8 @@ impl Daemon {
         }
         if slot != before {
             self.dp.set_peer(id, &slot)?;
+            // The workers forget the addresses they learnt.
+            self.fast_sync();
         }
         Ok(())
     }

@@ -15,17 +15,21 @@
 //! the same effect (the kernel closes the sockets), so the BPF path
 //! carries the tunnel until a new daemon starts its workers.
 //!
-//! This stage serves the receive direction; `tun_tx` still sends through
-//! `crypt_tx` (BPF) for now.
+//! Send: `tun_tx` hands a peer's packets to the worker's socket on `wg0x`
+//! (`XSKS_TX`) once the worker has set `FAST_TX[peer]`, which it does when
+//! it knows how to reach the peer: the addresses of the peer's last
+//! authenticated packet (MACs and IPs swapped). Until then, and for
+//! keepalives the control plane asks for, `crypt_tx` sends.
 
 pub mod rx;
 pub mod state;
 pub mod tables;
+pub mod tx;
 pub mod worker;
 pub mod xsk;
 
 use std::{
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
@@ -101,6 +105,9 @@ pub struct PeerCounters {
     pub rx_bytes: AtomicU64,
     pub last_rx_ns: AtomicU64,
     pub last_rx_data_ns: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub last_tx_ns: AtomicU64,
 }
 
 /// What a worker tells the control plane.
@@ -108,6 +115,8 @@ pub struct PeerCounters {
 pub enum WorkerEvent {
     /// The peer's endpoint moved (the worker updated `PEERS`).
     Roamed(u32),
+    /// A packet to the peer took the counter REKEY_AFTER_MESSAGES.
+    RekeyWanted(u32),
 }
 
 /// State shared by the workers and the daemon.
@@ -137,6 +146,14 @@ impl Shared {
         }
     }
 
+    pub fn peer_tx(&self, peer: u32, bytes: u64, now_ns: u64) {
+        if let Some(p) = self.peers.get(peer as usize) {
+            p.tx_packets.fetch_add(1, Ordering::Relaxed);
+            p.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+            p.last_tx_ns.fetch_max(now_ns, Ordering::Relaxed);
+        }
+    }
+
     fn event(&self, e: WorkerEvent) {
         if let Ok(tx) = self.events.lock() {
             let _ = tx.send(e);
@@ -160,6 +177,18 @@ pub struct FastPath {
     events: mpsc::Receiver<WorkerEvent>,
     threads: Vec<JoinHandle<()>>,
     modes: Vec<DeviceMode>,
+    /// The workers' sockets (WAN, wg0x), for XDP_STATISTICS; open while
+    /// the workers run (they are joined before this is dropped).
+    sockets: Vec<i32>,
+}
+
+/// Frames the kernel could not give a worker (XDP_STATISTICS of its
+/// sockets): its rx ring was full, or no frame was free (fill ring empty).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketDrops {
+    pub rx_ring_full: u64,
+    pub rx_no_frame: u64,
+    pub tx_invalid: u64,
 }
 
 /// Where the workers run.
@@ -188,10 +217,14 @@ impl FastPath {
         let state_fd = dp.session_state_fd()?;
         let state = state::StateMap::map(state_fd.as_fd(), dp.session_state_entries())
             .map_err(FastPathError::Mmap)?;
+        let current_fd = dp.map_fd("PEER_CURRENT")?;
         let maps = worker::WorkerMaps {
             sessions: dp.dup_map("SESSIONS")?,
             peer_current: dp.dup_map("PEER_CURRENT")?,
             peers: dp.dup_map("PEERS")?,
+            fast_tx: dp.dup_map("FAST_TX")?,
+            current: state::U32Map::map(current_fd.as_fd(), MAX_PEERS)
+                .map_err(FastPathError::Mmap)?,
         };
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -207,7 +240,9 @@ impl FastPath {
             queue,
             mode: if w.zerocopy { "zerocopy" } else { "copy" },
         }];
+        let sockets = vec![w.wan_fd().as_raw_fd(), w.wgx_fd().as_raw_fd()];
         dp.set_xsk(queue, w.wan_fd())?;
+        dp.set_xsk_tx(0, w.wgx_fd())?;
         let (s, p) = (shared.clone(), published.clone());
         let thread = std::thread::Builder::new()
             .name(format!("wg-fast-{queue}"))
@@ -219,6 +254,7 @@ impl FastPath {
             events: rx,
             threads: vec![thread],
             modes,
+            sockets,
         })
     }
 
@@ -240,6 +276,19 @@ impl FastPath {
     /// Events the workers sent since the last call.
     pub fn events(&self) -> Vec<WorkerEvent> {
         self.events.try_iter().collect()
+    }
+
+    /// What the kernel dropped before a worker saw it.
+    pub fn socket_drops(&self) -> SocketDrops {
+        let mut d = SocketDrops::default();
+        for &fd in &self.sockets {
+            if let Ok(s) = xsk::statistics(fd) {
+                d.rx_ring_full += s.rx_ring_full;
+                d.rx_no_frame += s.rx_dropped;
+                d.tx_invalid += s.tx_invalid_descs;
+            }
+        }
+        d
     }
 
     /// Total of a counter over the workers.

@@ -109,6 +109,63 @@ impl Drop for StateMap {
     }
 }
 
+/// A mapping of an array of u32 (`PEER_CURRENT`), read atomically. Array
+/// maps store each value at a multiple of 8 bytes (the kernel rounds the
+/// element size up to 8).
+pub struct U32Map {
+    base: *mut u8,
+    len: usize,
+    entries: u32,
+}
+
+// SAFETY: only read through atomics.
+unsafe impl Send for U32Map {}
+
+impl U32Map {
+    pub fn map(fd: BorrowedFd<'_>, entries: u32) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (entries as usize * 8).div_ceil(page) * page;
+        // SAFETY: a new shared read-only mapping of the map's memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            base: p as *mut u8,
+            len,
+            entries,
+        })
+    }
+
+    /// Entry `i` (0 out of range).
+    pub fn get(&self, i: u32) -> u32 {
+        if i >= self.entries {
+            return 0;
+        }
+        // SAFETY: in range, 8-byte aligned in the mapping; read atomically
+        // (BPF and the control plane write it whole).
+        unsafe { AtomicU32::from_ptr(self.base.add(i as usize * 8) as *mut u32) }
+            .load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for U32Map {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.base as *mut _, self.len) };
+    }
+}
+
 /// One session's state inside the mapping.
 pub struct Slot<'a> {
     p: *mut SessionState,

@@ -63,6 +63,10 @@ pub struct Tables {
     pub mss_v4: u16,
     pub mss_v6: u16,
     pub reject_after_ns: u64,
+    /// Our UDP port (outer source port of what we send).
+    pub listen_port: u16,
+    /// MTU of `wg0`: padding never goes past it.
+    pub mtu: u16,
 }
 
 /// The published snapshot and its generation.
