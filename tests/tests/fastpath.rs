@@ -451,3 +451,32 @@ fn fastpath_kill_9_falls_back_to_bpf_and_comes_back() {
     let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The bench lab brings each end up empty (`-f`) and configures it over
+/// UAPI with `wg` (listen port, peers, endpoints): the workers must follow
+/// (a listen port set after the start once left them sending from the old
+/// one). One second of TCP through a pair of fast-path appliances.
+#[test]
+fn fastpath_interface_configured_over_uapi_carries_traffic() {
+    if !require() {
+        return;
+    }
+    use wg_appliance::bench::{self, BenchArgs};
+    let out = std::env::temp_dir().join(format!("wg-fastpath-bench-{}", std::process::id()));
+    let args = BenchArgs {
+        rounds: 1,
+        duration: 1,
+        warmup: 0,
+        variants: vec!["appliance-afxdp".into()],
+        workloads: vec!["tcp1".into()],
+        out: Some(out.clone()),
+        appliance_bin: Some(appliance_bin().expect("binary")),
+        ..BenchArgs::new()
+    };
+    let outcome = bench::run(&args).expect("bench run");
+    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(outcome.samples.len(), 1, "{:?}", outcome.samples);
+    let s = &outcome.samples[0];
+    assert!(s.error.is_none(), "failed: {:?}", s.error);
+    assert!(s.value.unwrap_or(0.0) > 0.0, "no throughput: {s:?}");
+}

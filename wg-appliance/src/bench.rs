@@ -248,7 +248,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// Variants, comma-separated: appliance, appliance-pp, wireguard-go,
-    /// boringtun (default: all four).
+    /// boringtun (default: these four), appliance-afxdp, appliance-bpf
+    /// (`DataPath` forced at both ends).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
     /// Workloads, comma-separated: tcp1, tcp4, udp64 (the default set), and

@@ -398,6 +398,7 @@ impl Daemon {
         self.sock = sock;
         self.listen_port = port;
         self.dp.set_listen_port(port)?;
+        self.fast_sync();
         tracing::info!(listen_port = port, "listening");
         Ok(())
     }

@@ -87,12 +87,17 @@ impl Daemon {
         }
     }
 
-    /// Publishes the AllowedIPs to the workers and makes them forget the
-    /// sessions they cached (call after any change of either).
+    /// Publishes the AllowedIPs and the listen port to the workers and
+    /// makes them forget the sessions and next hops they cached (call after
+    /// any change of these, of a session or of an endpoint).
     pub(super) fn fast_sync(&self) {
         if let Some(f) = &self.fast {
             let allowed = self.allowed.clone();
-            f.update(|t| t.allowed = allowed);
+            let port = self.listen_port;
+            f.update(|t| {
+                t.allowed = allowed;
+                t.listen_port = port;
+            });
         }
     }
 

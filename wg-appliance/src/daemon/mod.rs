@@ -53,7 +53,7 @@ use tokio::{
 
 pub use self::device::{DeviceSpec, InterfaceOptions};
 use self::peers::PeerState;
-pub use self::status::{HandshakeStats, PeerStatus, Status};
+pub use self::status::{FastStatus, HandshakeStats, PeerStatus, Status};
 pub use self::uapi::serve_uapi;
 /// The peers a [`DeviceSpec`] lists. Defined with the configuration (persist
 /// saves them too) and named here as well, being part of the daemon's input:

@@ -47,6 +47,18 @@ pub struct Status {
     pub sessions: usize,
     pub tunnel_mode: AttachMode,
     pub wan: Vec<(String, AttachMode)>,
+    /// The AF_XDP fast path, when it runs.
+    pub fast: Option<FastStatus>,
+}
+
+/// The fast path at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct FastStatus {
+    /// (device, queue, "zerocopy" or "copy") per socket on a WAN device.
+    pub modes: Vec<(String, u32, &'static str)>,
+    /// Per worker: (queue, rx packets, rx bytes, tx packets, tx bytes).
+    pub workers: Vec<(u32, u64, u64, u64, u64)>,
+    pub socket_drops: crate::fastpath::SocketDrops,
 }
 
 impl Daemon {
@@ -78,6 +90,31 @@ impl Daemon {
             sessions: self.by_index.len(),
             tunnel_mode: self.tunnel_mode,
             wan: self.wan.clone(),
+            fast: self.fast_path().map(|f| {
+                use std::sync::atomic::Ordering::Relaxed;
+                FastStatus {
+                    modes: f
+                        .modes()
+                        .iter()
+                        .map(|m| (m.ifname.clone(), m.queue, m.mode))
+                        .collect(),
+                    workers: f
+                        .shared()
+                        .stats
+                        .iter()
+                        .map(|w| {
+                            (
+                                w.queue,
+                                w.rx_packets.load(Relaxed),
+                                w.rx_bytes.load(Relaxed),
+                                w.tx_packets.load(Relaxed),
+                                w.tx_bytes.load(Relaxed),
+                            )
+                        })
+                        .collect(),
+                    socket_drops: f.socket_drops(),
+                }
+            }),
         }
     }
 }
