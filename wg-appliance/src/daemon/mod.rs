@@ -106,6 +106,9 @@ pub enum Command {
 /// The control plane of one interface, owned by the one task that runs
 /// [`Daemon::run`].
 pub struct Daemon {
+    /// The AF_XDP fast path, when it runs: first, so it stops (its workers
+    /// joined) before the data path's maps and links go.
+    fast: Option<crate::fastpath::FastPath>,
     dp: Datapath,
     link: TunnelLink,
     handle: rtnetlink::Handle,
@@ -136,8 +139,6 @@ pub struct Daemon {
     ticks: u64,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,
-    /// The AF_XDP fast path, when it runs (dropped before `dp`).
-    fast: Option<crate::fastpath::FastPath>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {

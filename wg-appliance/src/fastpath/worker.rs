@@ -316,9 +316,21 @@ impl Worker {
         endpoints: &mut HashMap<u32, Outer>,
         l2s: &mut HashMap<u32, L2>,
     ) {
-        while self.wgx_tx.ring.free(got) < got {
+        // Room on the tx ring; what does not fit stays on the rx ring for
+        // the next round (bounded: a device that stopped sending must not
+        // hold the worker, which has a stop request to see).
+        let mut room = self.wgx_tx.ring.free(got);
+        for _ in 0..16 {
+            if room >= got {
+                break;
+            }
             self.wgx_tx.kick(&mut self.spare);
             self.recycle();
+            room = self.wgx_tx.ring.free(got);
+        }
+        let got = got.min(room);
+        if got == 0 {
+            return;
         }
         let w = &shared.stats[idx];
         let mut out = 0u32;
@@ -430,9 +442,18 @@ impl Worker {
         now_ns: u64,
         l2s: &HashMap<u32, L2>,
     ) {
-        while self.wan_tx.ring.free(got) < got {
+        let mut room = self.wan_tx.ring.free(got);
+        for _ in 0..16 {
+            if room >= got {
+                break;
+            }
             self.wan_tx.kick(&mut self.spare);
             self.recycle();
+            room = self.wan_tx.ring.free(got);
+        }
+        let got = got.min(room);
+        if got == 0 {
+            return;
         }
         let w = &shared.stats[idx];
         let mut out = 0u32;
