@@ -95,11 +95,6 @@ const CASES: &[Case] = &[
         names: &["nosuchif0", "ip link show nosuchif0"],
     },
     Case {
-        what: "no WAN interface at all",
-        conf: "[Interface]\nPrivateKey = {key}\n[Appliance]\nMetrics = off\n",
-        names: &["no WAN interface", "--wan"],
-    },
-    Case {
         what: "a listen port in use",
         conf: "[Interface]\nPrivateKey = {key}\nListenPort = 5555\n[Appliance]\nMetrics = off\nWAN = {wan}\n",
         names: &["5555", "in use", "ss -lunp"],
@@ -111,13 +106,13 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn stderr_of(ns: &Netns, bin: &str, args: &[&str]) -> (bool, String) {
+fn stderr_of(ns: &Netns, what: &str, bin: &str, args: &[&str]) -> (bool, String) {
     let mut full = vec![bin];
     full.extend_from_slice(args);
     let f = Bg::spawn(ns, full[0], &full[1..])
         .expect("spawn")
         .finish(Duration::from_secs(30))
-        .expect("bounded run");
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
     (f.status.success(), f.stderr)
 }
 
@@ -196,7 +191,12 @@ fn bad_configurations_name_the_problem_and_the_fix_and_leave_nothing() {
                 .expect("conf");
             f.write_all(text.as_bytes()).expect("write");
         }
-        let (ok, err) = stderr_of(&ns, b, &["up", "--foreground", path.to_str().expect("p")]);
+        let (ok, err) = stderr_of(
+            &ns,
+            case.what,
+            b,
+            &["up", "--foreground", path.to_str().expect("p")],
+        );
         assert!(!ok, "{}: accepted", case.what);
         for n in case.names {
             assert!(
@@ -263,7 +263,7 @@ fn bad_commands_name_the_problem_and_the_fix() {
         ),
     ];
     for (what, args, names) in cases {
-        let (ok, err) = stderr_of(&ns, b, &args);
+        let (ok, err) = stderr_of(&ns, what, b, &args);
         assert!(!ok, "{what}: accepted");
         for n in names {
             assert!(

@@ -112,17 +112,33 @@ fn fastpath_receive_with_wireguard_go_counts_only_on_its_path() {
         c.get(Counter::TxSteered)
     );
     // Every packet handed to the worker is accounted for: delivered, a
-    // keepalive, or dropped by the kernel before the worker saw it (no
-    // free frame or a full rx ring; copy mode under load).
+    // keepalive, dropped by the worker with a reason, or dropped by the
+    // kernel before the worker saw it (no free frame or a full rx ring;
+    // copy mode under load). The counters are read while the worker runs:
+    // a packet or two (a late keepalive) may be between wan_rx and it.
     let sd = r.fast_socket_drops;
     println!("socket drops: {sd:?}");
-    assert_eq!(
-        c.get(Counter::RxDelivered)
-            + c.get(Counter::RxKeepalive)
-            + sd.rx_ring_full
-            + sd.rx_no_frame,
-        c.get(Counter::RxFastPath),
-        "fast-path packets unaccounted for"
+    let dropped: u64 = [
+        Counter::DropReplay,
+        Counter::DropAuthFailed,
+        Counter::DropSessionExpired,
+        Counter::DropBadInner,
+        Counter::DropAllowedIps,
+        Counter::DropUnknownIndex,
+        Counter::DropInternal,
+    ]
+    .iter()
+    .map(|d| c.get(*d))
+    .sum();
+    let accounted = c.get(Counter::RxDelivered)
+        + c.get(Counter::RxKeepalive)
+        + dropped
+        + sd.rx_ring_full
+        + sd.rx_no_frame;
+    let handed = c.get(Counter::RxFastPath);
+    assert!(
+        accounted <= handed && handed - accounted <= 2,
+        "fast-path packets unaccounted for: {accounted} of {handed}"
     );
 }
 

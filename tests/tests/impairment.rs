@@ -51,6 +51,24 @@ fn udp_numbered(
         .expect("bind receiver");
     rx.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
+    // A receive buffer that holds the whole run: the loss measured must be
+    // the tunnel's and the relay's, not this thread's scheduling on a busy
+    // 2-CPU machine.
+    {
+        use std::os::fd::AsRawFd as _;
+        let size: libc::c_int = 16 << 20;
+        // SAFETY: setsockopt with a valid fd and an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                rx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    }
     let tx = sender
         .enter(|| UdpSocket::bind("0.0.0.0:0"))
         .expect("enter")

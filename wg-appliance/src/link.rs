@@ -22,7 +22,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 pub enum LinkError {
     #[error("netlink: {0}. Fix: run as root (CAP_NET_ADMIN) in the intended network namespace")]
     Netlink(String),
-    #[error("interface name {0:?} is not usable: it must be 1 to 14 characters (the appliance adds an \"x\" for its side), without '/', ':' or whitespace")]
+    #[error("interface name {0:?} is not usable: it must be 1 to 14 characters (the appliance adds an \"x\" for its side), without '/', ':' or whitespace. Fix: choose a name such as wg0")]
     BadName(String),
     #[error("interface {0} already exists. Fix: choose another name, or remove it (`ip link del {0}`) if it is left over")]
     Exists(String),
@@ -189,6 +189,34 @@ pub fn existing(ifname: &str) -> Result<TunnelLink, LinkError> {
         peer_index,
         mtu,
     })
+}
+
+/// Whether `ifname` is a tunnel pair this appliance made: a veth whose peer
+/// is `<ifname>x`, each the other's link. (A restart that finds one without
+/// pins to adopt may remove it; anything else it must leave alone.)
+pub async fn is_appliance_tunnel(handle: &Handle, ifname: &str) -> bool {
+    use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+    let (Some(index), Some(peer_index)) = (ifindex(ifname), ifindex(&peer_name(ifname))) else {
+        return false;
+    };
+    let mut links = handle.link().get().match_index(index).execute();
+    let Ok(Some(msg)) = links.try_next().await else {
+        return false;
+    };
+    let mut is_veth = false;
+    let mut link = None;
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::Link(l) => link = Some(*l),
+            LinkAttribute::LinkInfo(infos) => {
+                is_veth |= infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            _ => {}
+        }
+    }
+    is_veth && link == Some(peer_index)
 }
 
 /// Deletes `ifname` (and with it its veth peer). Absent is fine.

@@ -254,6 +254,14 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
     }
     gauge_vec(
         &reg,
+        "wg_appliance_hitless_restart_ready",
+        "1 when the data path's pins outlive the daemon, so a restart adopts the running tunnel; 0 when a restart would take the tunnel down (see the daemon's log)",
+        &["interface"],
+    )?
+    .with_label_values(&[ifc])
+    .set(i64::from(s.pins.hitless()));
+    gauge_vec(
+        &reg,
         "wg_appliance_build_info",
         "Build information: version, git commit and a hash of the embedded BPF object (always 1)",
         &["version", "commit", "bpf_object"],
@@ -346,6 +354,7 @@ mod tests {
             tunnel_mode: AttachMode::Native,
             wan: Vec::new(),
             fast,
+            pins: crate::persist::PinLifetime::OutlivesDaemon,
         }
     }
 

@@ -403,6 +403,66 @@ pub fn open_initiation(local: &Identity, msg: &[u8]) -> Result<InitiationOpened,
     })
 }
 
+/// A consumed initiation's state, ready for the response (see
+/// [`Handshake::take_responder`]); zeroed on drop.
+pub struct Responder {
+    peer: PublicKey,
+    psk: PresharedKey,
+    chaining_key: Zeroizing<[u8; HASH_LEN]>,
+    hash: [u8; HASH_LEN],
+    remote_ephemeral: [u8; 32],
+    remote_index: u32,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.hash.zeroize();
+        self.remote_ephemeral.zeroize();
+    }
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("peer", &self.peer)
+            .field("remote_index", &self.remote_index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Builds the response (92 bytes, macs still zero) and derives the
+    /// transport keypair: an ephemeral key, DH(e, e_i), DH(e, s_i), the PSK.
+    pub fn respond<R: RngCore + CryptoRng>(
+        &self,
+        rng: &mut R,
+        local_index: u32,
+    ) -> Result<([u8; HANDSHAKE_RESPONSE_LEN], Keypair), NoiseError> {
+        let mut msg = [0u8; HANDSHAKE_RESPONSE_LEN];
+        msg[0] = MSG_HANDSHAKE_RESPONSE;
+        msg[RESP_SENDER..RESP_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
+        msg[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&self.remote_index.to_le_bytes());
+
+        let e = StaticSecret::random_from_rng(&mut *rng);
+        let e_pub = x25519_dalek::PublicKey::from(&e).to_bytes();
+        msg[RESP_EPHEMERAL..RESP_EPHEMERAL + 32].copy_from_slice(&e_pub);
+        let [ck, _, _] = kdf(&self.chaining_key, &e_pub);
+        let h = hash(&[&self.hash, &e_pub]);
+        let ee = dh(&e, &self.remote_ephemeral)?;
+        let [ck, _, _] = kdf(&ck, &ee[..]);
+        let se = dh(&e, self.peer.as_bytes())?;
+        let [ck, _, _] = kdf(&ck, &se[..]);
+        let [ck, t, k] = kdf(&ck, self.psk.as_bytes());
+        let h = hash(&[&h, &t[..]]);
+        let tag = seal(&k, &mut [], &h);
+        msg[RESP_EMPTY..RESP_MAC1].copy_from_slice(&tag);
+        Ok((
+            msg,
+            derive_keypair(&ck, local_index, self.remote_index, false),
+        ))
+    }
+}
+
 /// Per-peer handshake state for both roles, plus the peer's cookie jar
 /// (which writes mac1/mac2 on our messages to that peer).
 pub struct Handshake {
@@ -590,38 +650,37 @@ impl Handshake {
     /// Responder step 3: build the response (92 bytes, macs filled in) and
     /// derive the transport keypair. The responder must not send data with it
     /// until the initiator's first packet confirms it (see `timers::Keypairs`).
+    /// The same as [`Handshake::take_responder`], [`Responder::respond`] and
+    /// the macs, in one call.
     pub fn create_response<R: RngCore + CryptoRng>(
         &mut self,
         rng: &mut R,
         local_index: u32,
         now: Duration,
     ) -> Result<([u8; HANDSHAKE_RESPONSE_LEN], Keypair), NoiseError> {
+        let (mut msg, keypair) = self.take_responder()?.respond(rng, local_index)?;
+        self.cookie.add_macs(&mut msg, now);
+        Ok((msg, keypair))
+    }
+
+    /// Responder step 3, first half: what building the response needs, taken
+    /// out of the consumed handshake (which is cleared), so the expensive
+    /// part ([`Responder::respond`]: an ephemeral key and two DH) can run on
+    /// another thread. Add the macs with `self.cookie` afterwards.
+    pub fn take_responder(&mut self) -> Result<Responder, NoiseError> {
         if self.state != HandshakeState::ConsumedInitiation {
             return Err(NoiseError::NothingToRespond);
         }
-        let mut msg = [0u8; HANDSHAKE_RESPONSE_LEN];
-        msg[0] = MSG_HANDSHAKE_RESPONSE;
-        msg[RESP_SENDER..RESP_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
-        msg[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&self.remote_index.to_le_bytes());
-
-        let e = StaticSecret::random_from_rng(&mut *rng);
-        let e_pub = x25519_dalek::PublicKey::from(&e).to_bytes();
-        msg[RESP_EPHEMERAL..RESP_EPHEMERAL + 32].copy_from_slice(&e_pub);
-        let [ck, _, _] = kdf(&self.chaining_key, &e_pub);
-        let h = hash(&[&self.hash, &e_pub]);
-        let ee = dh(&e, &self.remote_ephemeral)?;
-        let [ck, _, _] = kdf(&ck, &ee[..]);
-        let se = dh(&e, self.peer.as_bytes())?;
-        let [ck, _, _] = kdf(&ck, &se[..]);
-        let [ck, t, k] = kdf(&ck, self.psk.as_bytes());
-        let h = hash(&[&h, &t[..]]);
-        let tag = seal(&k, &mut [], &h);
-        msg[RESP_EMPTY..RESP_MAC1].copy_from_slice(&tag);
-
-        self.cookie.add_macs(&mut msg, now);
-        let keypair = derive_keypair(&ck, local_index, self.remote_index, false);
+        let r = Responder {
+            peer: self.peer,
+            psk: self.psk.clone(),
+            chaining_key: self.chaining_key.clone(),
+            hash: self.hash,
+            remote_ephemeral: self.remote_ephemeral,
+            remote_index: self.remote_index,
+        };
         self.clear();
-        Ok((msg, keypair))
+        Ok(r)
     }
 
     /// Initiator: consume the response to our initiation and derive the

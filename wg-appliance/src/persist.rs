@@ -256,6 +256,25 @@ pub fn remove_empty_parent(path: &Path) {
     }
 }
 
+/// Removes the pins and the saved state of interface `ifname` in this
+/// network namespace (a data path that will not be adopted: a failed
+/// start, or leftovers a restart cannot use).
+pub fn remove_pins_and_state(ifname: &str) {
+    if let Some(ns) = netns_id() {
+        let dir = bpffs_dir().join(ns.to_string()).join(ifname);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            remove_empty_parent(&dir);
+        }
+    }
+    if let Some(p) = state_path(ifname) {
+        if p.exists() {
+            let _ = std::fs::remove_file(&p);
+            remove_empty_parent(&p);
+        }
+    }
+}
+
 /// Pin directory of interface `ifname` in this network namespace.
 pub fn pin_dir(ifname: &str) -> Result<PathBuf, String> {
     let ns = netns_id().ok_or("cannot read this thread's network namespace")?;

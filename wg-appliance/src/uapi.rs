@@ -45,6 +45,10 @@ pub const MAX_REQUEST_LEN: usize = 32 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Get,
+    /// `appliance=1`: what only wg-appliance reports (`wg-appliance show`
+    /// asks; `wg` never sends it): whether a restart is hitless, the data
+    /// path in use, XDP modes.
+    Appliance,
     /// The operations in wire order. Order matters: peer operations apply
     /// to the most recent [`SetOp::PublicKey`], and `ReplaceAllowedIps`
     /// only clears prefixes added before it.
@@ -204,6 +208,10 @@ pub fn parse_request(text: &str) -> Result<Request, UapiError> {
             _ => Err(UapiError::TrailingData { line: 2 }),
         },
         "set=1" => parse_set(body).map(Request::Set),
+        "appliance=1" => match body {
+            "" | "\n" => Ok(Request::Appliance),
+            _ => Err(UapiError::TrailingData { line: 2 }),
+        },
         _ => Err(UapiError::UnknownOperation),
     }
 }
@@ -536,6 +544,20 @@ fn format_endpoint(e: SocketAddr) -> String {
 
 /// The answer to a `set` (or a failed `get`): `errno=N` and the empty line.
 /// Pass 0 for success, or [`UapiError::errno`] / an `IPC_ERROR_*` value.
+/// The answer to `appliance=1`: `key=value` lines (values without
+/// newlines), then `errno=0` and the empty line.
+pub fn format_appliance(items: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in items {
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v.replace('\n', " "));
+        out.push('\n');
+    }
+    out.push_str("errno=0\n\n");
+    out
+}
+
 pub fn format_errno(errno: i32) -> String {
     format!("errno={errno}\n\n")
 }

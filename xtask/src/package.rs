@@ -220,6 +220,7 @@ fn glibc_floor(bin: &Path) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut best: Option<(u32, u32)> = None;
     for word in text.split_whitespace() {
+        let word = word.trim_matches(|c| c == '(' || c == ')');
         let Some(v) = word.strip_prefix("GLIBC_") else {
             continue;
         };

@@ -15,7 +15,7 @@ pub fn command() -> clap::Command {
 #[derive(Parser)]
 #[command(
     name = "wg-appliance",
-    version,
+    version = wg_appliance::build_info::long_version(),
     about = "XDP-accelerated, WireGuard-compatible VPN gateway",
     long_about = "wg-appliance is a WireGuard peer whose data plane runs in XDP: packets are \
                   classified, filtered, decrypted and encrypted in the kernel, in front of the \
@@ -122,6 +122,10 @@ pub enum Command {
     Bench(wg_appliance::bench::BenchArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Write man pages (section 8) for the command and each subcommand into
+    /// a directory (the Debian package runs this).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 /// XDP attach mode as the flags spell it.

@@ -16,7 +16,7 @@ use super::UAPI_DIR;
 pub fn down(ifname: &str) -> anyhow::Result<()> {
     let path = PathBuf::from(format!("{UAPI_DIR}/{ifname}.sock"));
     if !path.exists() {
-        bail!("{ifname} is not run by wg-appliance here (no {}). `ip link show {ifname}` tells whether it exists at all", path.display());
+        bail!("{ifname} is not run by wg-appliance here (no {}). Fix: check the name with `wg-appliance show` (all interfaces it runs) and `ip link show {ifname}` (whether it exists at all)", path.display());
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     let deadline = Instant::now() + Duration::from_secs(10);

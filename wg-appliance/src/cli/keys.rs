@@ -15,7 +15,10 @@ pub fn pubkey() -> anyhow::Result<()> {
     std::io::stdin()
         .read_to_string(&mut s)
         .context("reading the private key from stdin")?;
-    let k: PrivateKey = s.trim().parse().context("the private key on stdin")?;
+    let k: PrivateKey = s
+        .trim()
+        .parse()
+        .context("the private key on stdin. Fix: pipe in a key printed by `wg genkey` or `wg-appliance genkey`")?;
     println!("{}", k.public_key().to_base64());
     Ok(())
 }

@@ -13,6 +13,7 @@ mod classify;
 mod daemonize;
 mod down;
 mod keys;
+mod manpages;
 mod plan;
 mod run;
 mod show;
@@ -57,6 +58,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Manpages { dir } => manpages::write(&dir),
     }
 }
 

@@ -99,7 +99,7 @@ fn interface_options(
     let cpus = match &a.cpus {
         Some(s) => Some(
             parse_cpu_list(s)
-                .with_context(|| format!("--cpus {s}: expected a CPU list such as 0-3,6"))?,
+                .with_context(|| format!("--cpus {s}: expected a CPU list such as 0-3,6. Fix: choose CPUs from /sys/devices/system/cpu/online"))?,
         ),
         None => app.cpus.clone(),
     };

@@ -12,12 +12,12 @@ use anyhow::Context as _;
 
 use super::UAPI_DIR;
 
-/// The `get` answer of one UAPI socket.
-fn uapi_get(path: &Path) -> anyhow::Result<String> {
+/// The answer of one UAPI socket to `request` (`get=1\n\n`, ...).
+fn uapi_ask(path: &Path, request: &[u8]) -> anyhow::Result<String> {
     let mut s =
         UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"get=1\n\n")?;
+    s.write_all(request)?;
     let mut out = String::new();
     let mut buf = [0u8; 4096];
     while !out.ends_with("\n\n") {
@@ -47,8 +47,26 @@ pub fn show(ifname: Option<&str>) -> anyhow::Result<()> {
         }
     }
     for name in names {
-        let reply = uapi_get(Path::new(&format!("{UAPI_DIR}/{name}.sock")))?;
+        let sock = format!("{UAPI_DIR}/{name}.sock");
+        if !Path::new(&sock).exists() {
+            anyhow::bail!("{name} is not run by wg-appliance here (no {sock}). Fix: `wg-appliance show` lists the interfaces it runs; `ip link show {name}` tells whether it exists at all");
+        }
+        let reply = uapi_ask(Path::new(&sock), b"get=1\n\n")?;
         println!("interface: {name}");
+        // What only wg-appliance knows (an older daemon answers an errno).
+        let extra = uapi_ask(Path::new(&sock), b"appliance=1\n\n").unwrap_or_default();
+        for line in extra.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k {
+                "pins" => println!("  pins: {v}"),
+                "data_path" => println!("  data path: {v}"),
+                "tunnel_xdp" => println!("  XDP on the tunnel: {v}"),
+                "wan_xdp" => println!("  XDP on WAN: {v}"),
+                _ => {}
+            }
+        }
         for line in reply.lines() {
             let Some((k, v)) = line.split_once('=') else {
                 continue;

@@ -16,7 +16,7 @@ pub fn hooks(ifname: &str, cmds: &[String], what: &str) -> anyhow::Result<()> {
             .status()
             .with_context(|| format!("{what}: {c}"))?;
         if !st.success() {
-            bail!("{what} hook `{c}` failed ({st})");
+            bail!("{what} hook `{c}` failed ({st}); nothing was left up. Fix: run the command by hand to see why, or remove it from the configuration");
         }
     }
     Ok(())

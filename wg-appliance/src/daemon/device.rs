@@ -78,6 +78,7 @@ struct Parts {
     fwmark: u32,
     inject: OwnedFd,
     state_path: Option<std::path::PathBuf>,
+    pins: crate::persist::PinLifetime,
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
 }
@@ -134,24 +135,64 @@ impl Daemon {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(io("opening rtnetlink"))?;
         tokio::spawn(conn);
         if link::ifindex(&opts.ifname).is_some() {
-            // A daemon died and left its data path running: adopt it.
-            if let (Ok(dir), Some(state)) = (
-                crate::persist::pin_dir(&opts.ifname),
-                crate::persist::state_path(&opts.ifname),
-            ) {
-                if dir.exists() && state.exists() {
-                    return Self::adopt(opts, handle, dir, state).await;
-                }
+            if let Some(d) = Self::adopt_or_clear(&opts, &handle).await {
+                return Ok(d);
             }
         }
-        let tlink = link::create_tunnel(&handle, &opts.ifname, opts.mtu).await?;
+        let ifname = opts.ifname.clone();
+        let tlink = link::create_tunnel(&handle, &ifname, opts.mtu).await?;
         match Self::start_on(opts, listen_port, endpoints, tlink.clone(), handle.clone()).await {
             Ok(d) => Ok(d),
             Err(e) => {
+                // Nothing half made: the link, and the pins made before the
+                // failure (programs, links and maps die with them).
+                crate::persist::remove_pins_and_state(&ifname);
                 let _ = link::delete(&handle, &tlink.name).await;
                 Err(e)
             }
         }
+    }
+
+    /// The interface exists already. A daemon that died left its data path
+    /// running: adopt it. Pins the appliance made are its own, so where
+    /// they cannot be adopted (they died with a daemon that had to mount
+    /// its own pin file system, or it was killed before it was configured,
+    /// or the state is damaged), its tunnel pair is removed with them and
+    /// the caller starts afresh: a restart never refuses. An interface the
+    /// appliance did not make is left alone (creating it then fails with a
+    /// clear error).
+    async fn adopt_or_clear(opts: &InterfaceOptions, handle: &rtnetlink::Handle) -> Option<Self> {
+        let ifname = &opts.ifname;
+        if !link::is_appliance_tunnel(handle, ifname).await {
+            return None;
+        }
+        let why = match (
+            crate::persist::pin_dir(ifname),
+            crate::persist::state_path(ifname),
+        ) {
+            (Ok(dir), Some(state)) if dir.exists() && state.exists() => {
+                match Self::adopt(opts.clone(), handle.clone(), dir, state).await {
+                    Ok(d) => return Some(d),
+                    Err(e) => format!("adopting it failed ({e})"),
+                }
+            }
+            (Ok(dir), _) if !dir.exists() => {
+                "its pins are gone (they died with a daemon that mounted its own pin file system)"
+                    .to_owned()
+            }
+            _ => {
+                "it has no saved state (its daemon was killed before it was configured)".to_owned()
+            }
+        };
+        tracing::warn!(
+            interface = %ifname,
+            "{ifname} was left by an earlier daemon, but {why}: removing it and starting it afresh (its peers re-handshake)"
+        );
+        crate::persist::remove_pins_and_state(ifname);
+        if let Err(e) = link::delete(handle, ifname).await {
+            tracing::warn!(interface = %ifname, error = %e, "removing the leftover interface failed");
+        }
+        None
     }
 
     /// Takes over a data path a previous daemon left running (it was
@@ -194,6 +235,7 @@ impl Daemon {
             fwmark: state.fwmark,
             inject,
             state_path: Some(state_path),
+            pins: crate::persist::pin_lifetime(),
             wan,
             tunnel_mode,
         });
@@ -230,6 +272,8 @@ impl Daemon {
     /// A daemon over a data path, link and sockets, with no key or peers yet.
     fn assemble(p: Parts) -> Self {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (done_tx, hs_done) = mpsc::unbounded_channel();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         Daemon {
             rekey_after_time: p.opts.rekey_after_time,
             dp: p.dp,
@@ -248,9 +292,12 @@ impl Daemon {
             fwmark: p.fwmark,
             inject: p.inject,
             state_path: p.state_path,
+            pins: p.pins,
             wan: p.wan,
             tunnel_mode: p.tunnel_mode,
             hs_stats: HandshakeStats::default(),
+            hs_pool: super::hs_pool::HandshakePool::new(workers, done_tx),
+            hs_done,
             hs_limited_seen: 0,
             ticks: 0,
             cmd_tx,
@@ -294,15 +341,18 @@ impl Daemon {
             dp.set_handshake_rate(rate)?;
         }
         // Pin before attaching, so the links are pinned too.
-        let state_path = match crate::persist::pin_dir(&opts.ifname)
+        let (state_path, pins) = match crate::persist::pin_dir(&opts.ifname)
             .and_then(|dir| dp.persist(&dir).map_err(|e| e.to_string()))
         {
-            Ok(()) => crate::persist::state_path(&opts.ifname),
-            Err(e) => {
-                tracing::warn!(error = %e, "the data path is not pinned: a restart of the daemon will not be hitless");
-                None
-            }
+            Ok(()) => (
+                crate::persist::state_path(&opts.ifname),
+                crate::persist::pin_lifetime(),
+            ),
+            Err(e) => (None, crate::persist::PinLifetime::NotPinned(e)),
         };
+        if !pins.hitless() {
+            tracing::warn!(interface = %opts.ifname, "{}", pins.describe());
+        }
         let cpus = opts
             .cpus
             .clone()
@@ -337,6 +387,7 @@ impl Daemon {
             fwmark: 0,
             inject,
             state_path,
+            pins,
             wan: Vec::new(),
             tunnel_mode,
         });
@@ -438,7 +489,7 @@ pub(super) fn apply_fwmark(sock: &UdpSocket, mark: u32) {
 /// The dual-stack UDP socket for handshake messages: `[::]:port` with
 /// IPV6_V6ONLY off, non-blocking. Port 0 picks a free one.
 fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
-    let err = |source| DaemonError::Bind { port, source };
+    let err = |error| DaemonError::Bind { port, error };
     // SAFETY: plain socket calls on a descriptor we own.
     let std_sock = unsafe {
         let fd = libc::socket(
@@ -458,6 +509,23 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
             &off as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as u32,
         );
+        // Room for a burst of handshake messages (4 MiB: ~28,000 of them,
+        // beyond the 4,096 the worker queue holds) so a legitimate peer's
+        // retry is not lost behind a flood's burst; past rmem_max as root,
+        // best effort otherwise.
+        let rcvbuf: libc::c_int = 4 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &rcvbuf as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            ) == 0
+            {
+                break;
+            }
+        }
         let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
         sa.sin6_family = libc::AF_INET6 as u16;
         sa.sin6_port = port.to_be();

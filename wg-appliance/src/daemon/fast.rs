@@ -160,6 +160,24 @@ impl Daemon {
         Ok(c)
     }
 
+    /// The data path in use, for `show` (UAPI `appliance=1`).
+    pub(super) fn data_path_description(&self) -> String {
+        match &self.fast {
+            Some(f) => {
+                let socks: Vec<String> = f
+                    .modes()
+                    .iter()
+                    .map(|m| format!("{} queue {} {}", m.ifname, m.queue, m.mode))
+                    .collect();
+                format!(
+                    "afxdp (AF_XDP workers, ChaCha20-Poly1305 by ring; {}; BPF for the rest)",
+                    socks.join(", ")
+                )
+            }
+            None => "bpf (XDP, ChaCha20-Poly1305 in BPF)".to_owned(),
+        }
+    }
+
     /// The fast path, if it runs.
     pub fn fast_path(&self) -> Option<&FastPath> {
         self.fast.as_ref()

@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -11,6 +12,7 @@ use wg_ebpf_common::maps::{
     SESSION_CAN_RECV, SESSION_CAN_SEND, SESSION_CONFIRM_ON_RX, SESSION_INITIATOR,
 };
 
+use super::hs_pool::{Done, Job, UNDER_LOAD_QUEUED};
 use super::peers::BpfKeypair;
 use super::Daemon;
 use crate::{
@@ -55,6 +57,8 @@ impl Daemon {
         }
     }
 
+    /// An initiation: admitted here (mac1, cookies under load), opened on a
+    /// worker (one DH), see [`Daemon::on_handshake_done`].
     async fn on_initiation(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
         if !self.admit(m, src, now).await {
             return;
@@ -62,7 +66,49 @@ impl Daemon {
         let Some(identity) = &self.identity else {
             return;
         };
-        let opened = match noise::open_initiation(identity, m) {
+        let job = Job::Open {
+            msg: m.to_vec(),
+            src,
+            identity: Arc::clone(identity),
+        };
+        if !self.hs_pool.submit(job) {
+            self.hs_stats.rejected += 1;
+            tracing::debug!(%src, "handshake queue full: initiation dropped");
+        }
+    }
+
+    /// A worker finished: an opened initiation goes on to its peer (the
+    /// timestamp and flood checks, an index) and back to a worker for the
+    /// response; a built response is sent.
+    pub(super) async fn on_handshake_done(&mut self, done: Done) {
+        match done {
+            Done::Opened {
+                msg_len,
+                src,
+                result,
+            } => self.on_opened(msg_len, src, result),
+            Done::Responded {
+                id,
+                generation,
+                src,
+                local_index,
+                msg_len,
+                result,
+            } => {
+                self.on_responded(id, generation, src, local_index, msg_len, result)
+                    .await;
+            }
+        }
+    }
+
+    fn on_opened(
+        &mut self,
+        msg_len: usize,
+        src: SocketAddr,
+        result: Result<noise::InitiationOpened, noise::NoiseError>,
+    ) {
+        let now = self.now();
+        let opened = match result {
             Ok(o) => o,
             Err(e) => {
                 self.hs_stats.rejected += 1;
@@ -80,20 +126,69 @@ impl Daemon {
             return;
         };
         let peer_short = p.spec.public_key.short();
-        if let Err(e) = p.hs.consume_initiation(opened, now) {
-            self.hs_stats.rejected += 1;
-            self.by_index.remove(&local_index);
-            tracing::debug!(peer = %peer_short, %src, error = %e, "initiation refused");
-            return;
-        }
-        let (resp, keypair) = match p.hs.create_response(&mut OsRng, local_index, now) {
+        let responder = match p
+            .hs
+            .consume_initiation(opened, now)
+            .and_then(|()| p.hs.take_responder())
+        {
             Ok(r) => r,
             Err(e) => {
+                self.hs_stats.rejected += 1;
                 self.by_index.remove(&local_index);
-                tracing::warn!(peer = %peer_short, error = %e, "could not build a handshake response");
+                tracing::debug!(peer = %peer_short, %src, error = %e, "initiation refused");
                 return;
             }
         };
+        p.responder_generation += 1;
+        let job = Job::Respond {
+            id,
+            generation: p.responder_generation,
+            src,
+            local_index,
+            msg_len,
+            responder,
+        };
+        if !self.hs_pool.submit(job) {
+            self.hs_stats.rejected += 1;
+            self.by_index.remove(&local_index);
+            tracing::debug!(peer = %peer_short, %src, "handshake queue full: response dropped");
+        }
+    }
+
+    async fn on_responded(
+        &mut self,
+        id: u32,
+        generation: u64,
+        src: SocketAddr,
+        local_index: u32,
+        msg_len: usize,
+        result: Result<([u8; noise::HANDSHAKE_RESPONSE_LEN], noise::Keypair), noise::NoiseError>,
+    ) {
+        let now = self.now();
+        let current = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.responder_generation == generation);
+        let (mut resp, keypair) = match result {
+            Ok(r) if current => r,
+            Ok(_) => {
+                // A newer initiation of this peer was consumed meanwhile:
+                // its response wins; this one never leaves.
+                self.by_index.remove(&local_index);
+                return;
+            }
+            Err(e) => {
+                self.by_index.remove(&local_index);
+                tracing::warn!(error = %e, "could not build a handshake response");
+                return;
+            }
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            self.by_index.remove(&local_index);
+            return;
+        };
+        p.hs.cookie.add_macs(&mut resp, now);
+        let peer_short = p.spec.public_key.short();
         self.set_endpoint_seen(id, src);
         // The session must be in the data path before the response leaves:
         // the initiator answers it with data at once.
@@ -108,7 +203,7 @@ impl Daemon {
         };
         p.last_handshake = Some(SystemTime::now());
         p.handshakes += 1;
-        p.hs_rx_bytes += m.len() as u64;
+        p.hs_rx_bytes += msg_len as u64;
         p.hs_tx_bytes += resp.len() as u64;
         tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
         let mut acts = p.timers.handle(now, Event::HandshakeInitiationReceived);
@@ -185,8 +280,8 @@ impl Daemon {
         let rate_limited = limited > self.hs_limited_seen;
         self.hs_limited_seen = limited;
         let signal = LoadSignal {
-            queued_handshakes: 0,
-            threshold: 512,
+            queued_handshakes: self.hs_pool.queued(),
+            threshold: UNDER_LOAD_QUEUED,
             rate_limited,
         };
         let under_load = self.load.under_load(signal, now);

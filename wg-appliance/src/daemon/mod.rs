@@ -32,6 +32,7 @@ mod device;
 mod events;
 mod fast;
 mod handshake;
+mod hs_pool;
 mod inject;
 mod peers;
 mod sessions;
@@ -67,7 +68,7 @@ use crate::{
     link::{self, TunnelLink},
     noise::Identity,
     timers::Event,
-    uapi::{format_errno, format_get, Request},
+    uapi::{format_appliance, format_errno, format_get, Request},
 };
 
 /// Control-plane tick: counter polling and timer resolution.
@@ -79,12 +80,9 @@ pub enum DaemonError {
     Datapath(#[from] crate::datapath::DatapathError),
     #[error(transparent)]
     Link(#[from] link::LinkError),
-    #[error("UDP port {port}: {source}. Fix: choose a free ListenPort or stop what holds it (`ss -lunp 'sport = :{port}'`)")]
-    Bind {
-        port: u16,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("UDP port {port}: {error}. Fix: choose a free ListenPort or stop what holds it (`ss -lunp 'sport = :{port}'`)")]
+    Bind { port: u16, error: std::io::Error },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -115,7 +113,8 @@ pub struct Daemon {
     opts: InterfaceOptions,
     rekey_after_time: Option<Duration>,
     private_key: Option<PrivateKey>,
-    identity: Option<Identity>,
+    /// Shared with the handshake workers.
+    identity: Option<Arc<Identity>>,
     checker: Option<CookieChecker>,
     load: LoadDetector,
     peers: BTreeMap<u32, PeerState>,
@@ -131,9 +130,14 @@ pub struct Daemon {
     /// Where the configuration is saved for a restarted daemon (None: a
     /// restart will not be hitless).
     state_path: Option<std::path::PathBuf>,
+    /// Whether the pins outlive this daemon (a restart adopts the tunnel).
+    pins: crate::persist::PinLifetime,
     wan: Vec<(String, AttachMode)>,
     tunnel_mode: AttachMode,
     hs_stats: HandshakeStats,
+    /// The responder's expensive steps, off this task.
+    hs_pool: hs_pool::HandshakePool,
+    hs_done: mpsc::UnboundedReceiver<hs_pool::Done>,
     /// Handshakes the XDP limiter had dropped at the last look.
     hs_limited_seen: u64,
     ticks: u64,
@@ -232,6 +236,7 @@ impl Daemon {
                     }
                 }
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd).await,
+                Some(done) = self.hs_done.recv() => self.on_handshake_done(done).await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
@@ -239,6 +244,9 @@ impl Daemon {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
+            Command::Uapi(Request::Appliance, reply) => {
+                let _ = reply.send(format_appliance(&self.appliance_info()));
+            }
             Command::Uapi(Request::Get, reply) => {
                 let _ = reply.send(format_get(&self.snapshot()));
             }

@@ -49,6 +49,9 @@ pub(super) struct PeerState {
     /// kernel driver counts them (the data path counts transport data).
     pub(super) hs_rx_bytes: u64,
     pub(super) hs_tx_bytes: u64,
+    /// Counts consumed initiations: a response built by a worker is used
+    /// only if no newer initiation was consumed meanwhile.
+    pub(super) responder_generation: u64,
 }
 
 impl PeerState {
@@ -95,7 +98,7 @@ impl Daemon {
         if same {
             return;
         }
-        self.identity = key.as_ref().map(Identity::new);
+        self.identity = key.as_ref().map(|k| std::sync::Arc::new(Identity::new(k)));
         self.checker = self
             .identity
             .as_ref()
@@ -155,6 +158,7 @@ impl Daemon {
             handshakes: 0,
             hs_rx_bytes: 0,
             hs_tx_bytes: 0,
+            responder_generation: 0,
         }
     }
 

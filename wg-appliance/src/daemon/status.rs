@@ -49,6 +49,8 @@ pub struct Status {
     pub wan: Vec<(String, AttachMode)>,
     /// The AF_XDP fast path, when it runs.
     pub fast: Option<FastStatus>,
+    /// Whether the pins outlive the daemon (a restart is hitless).
+    pub pins: crate::persist::PinLifetime,
 }
 
 /// The fast path at scrape time.
@@ -115,6 +117,22 @@ impl Daemon {
                     socket_drops: f.socket_drops(),
                 }
             }),
+            pins: self.pins.clone(),
         }
+    }
+
+    /// What `appliance=1` answers (see [`crate::uapi::Request::Appliance`]).
+    pub(super) fn appliance_info(&self) -> Vec<(&'static str, String)> {
+        let mut items = vec![
+            ("pins", self.pins.describe()),
+            ("hitless_restart", u8::from(self.pins.hitless()).to_string()),
+            ("data_path", self.data_path_description()),
+            ("tunnel_xdp", self.tunnel_mode.to_string()),
+        ];
+        for (dev, mode) in &self.wan {
+            items.push(("wan_xdp", format!("{dev} {mode}")));
+        }
+        items.push(("version", crate::build_info::long_version().to_owned()));
+        items
     }
 }

@@ -160,7 +160,7 @@ impl Daemon {
     fn fail(&self, e: DaemonError) -> i32 {
         tracing::warn!(error = %e, "UAPI set failed");
         match e {
-            DaemonError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            DaemonError::Bind { error, .. } if error.kind() == std::io::ErrorKind::AddrInUse => {
                 uapi::IPC_ERROR_PORT_IN_USE
             }
             DaemonError::TooManyPeers(_) => uapi::IPC_ERROR_INVALID,

@@ -22,6 +22,19 @@ fn fail(text: &str) -> UapiError {
 }
 
 #[test]
+fn parses_and_answers_appliance() {
+    assert_eq!(parse_request("appliance=1\n\n"), Ok(Request::Appliance));
+    assert_eq!(
+        fail("appliance=1\nx\n\n"),
+        UapiError::TrailingData { line: 2 }
+    );
+    assert_eq!(
+        format_appliance(&[("pins", "a\nb".to_owned()), ("data_path", "bpf".to_owned())]),
+        "pins=a b\ndata_path=bpf\nerrno=0\n\n"
+    );
+}
+
+#[test]
 fn parses_get() {
     assert_eq!(parse_request("get=1\n\n"), Ok(Request::Get));
     assert_eq!(parse_request("get=1\n"), Ok(Request::Get));
@@ -420,13 +433,25 @@ mod interop {
     }
 
     impl FakeDevice {
-        /// `None` (test skipped) when `wg` or the socket directory is
-        /// unavailable, e.g. when not running as root.
-        fn start(answer: Answer) -> Option<Self> {
-            if Command::new("wg").arg("--version").output().is_err() {
-                eprintln!("skipping: wg(8) not installed");
+        /// `None` (the test is skipped, loudly and counted as such) only
+        /// when not root: the socket directory is root's. Anything else
+        /// that stops the fake device fails the test.
+        fn start(test: &str, answer: Answer) -> Option<Self> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                skip(
+                    test,
+                    "needs root (the UAPI socket directory /var/run/wireguard)",
+                );
                 return None;
             }
+            assert!(
+                Command::new("wg").arg("--version").output().is_ok(),
+                "wg(8) is not installed. Fix: cargo xtask setup (installs wireguard-tools)"
+            );
+            // On a fresh boot nothing has created the directory yet.
+            std::fs::create_dir_all(SOCK_DIR)
+                .unwrap_or_else(|e| panic!("creating {SOCK_DIR}: {e}"));
             // Names must fit IFNAMSIZ (15 characters).
             let name = format!(
                 "wgtu{}{}",
@@ -434,13 +459,8 @@ mod interop {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             );
             let path = Path::new(SOCK_DIR).join(format!("{name}.sock"));
-            let listener = match UnixListener::bind(&path) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("skipping: cannot bind {}: {e}", path.display());
-                    return None;
-                }
-            };
+            let listener = UnixListener::bind(&path)
+                .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
             let stop = Arc::new(AtomicBool::new(false));
             let seen = Arc::new(Mutex::new(Vec::new()));
             let (stop2, seen2) = (stop.clone(), seen.clone());
@@ -516,6 +536,22 @@ mod interop {
         }
     }
 
+    /// A loud skip, counted by `cargo xtask test` through
+    /// `WG_TEST_SKIP_LOG` (the same file the namespace tests write); a skip
+    /// that cannot be recorded fails.
+    fn skip(test: &str, why: &str) {
+        eprintln!("\n!!!! SKIPPED {test}: {why} !!!!\n");
+        if let Some(path) = std::env::var_os("WG_TEST_SKIP_LOG") {
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| writeln!(f, "{test}\t{why}"))
+                .unwrap_or_else(|e| panic!("cannot record the skip of {test}: {e}"));
+        }
+    }
+
     /// Run `wg` with a deadline so a protocol bug fails the test instead
     /// of hanging it.
     fn run_wg(args: &[&str]) -> Output {
@@ -572,6 +608,8 @@ mod interop {
         Box::new(|req| match req {
             Ok(Request::Get) => format_get(&DeviceSnapshot::default()),
             Ok(Request::Set(_)) => format_errno(0),
+            // wg(8) never asks this.
+            Ok(Request::Appliance) => format_errno(IPC_ERROR_INVALID),
             Err(e) => format_errno(e.errno()),
         })
     }
@@ -589,10 +627,13 @@ mod interop {
     fn wg_show_dump_prints_our_get() {
         let snap = sample_snapshot();
         let answer = snap.clone();
-        let Some(dev) = FakeDevice::start(Box::new(move |req| match req {
-            Ok(Request::Get) => format_get(&answer),
-            _ => format_errno(IPC_ERROR_INVALID),
-        })) else {
+        let Some(dev) = FakeDevice::start(
+            "wg_show_dump_prints_our_get",
+            Box::new(move |req| match req {
+                Ok(Request::Get) => format_get(&answer),
+                _ => format_errno(IPC_ERROR_INVALID),
+            }),
+        ) else {
             return;
         };
         let out = stdout(&dev.wg(&["show", "IFACE", "dump"]));
@@ -619,7 +660,7 @@ mod interop {
 
     #[test]
     fn wg_set_sends_what_we_parse() {
-        let Some(dev) = FakeDevice::start(ok_answer()) else {
+        let Some(dev) = FakeDevice::start("wg_set_sends_what_we_parse", ok_answer()) else {
             return;
         };
         let key = PrivateKey::from_bytes([0x55; 32]);
@@ -677,10 +718,13 @@ mod interop {
 
     #[test]
     fn wg_reports_our_errno() {
-        let Some(dev) = FakeDevice::start(Box::new(|req| match req {
-            Ok(Request::Set(_)) => format_errno(IPC_ERROR_PORT_IN_USE),
-            _ => format_errno(IPC_ERROR_INVALID),
-        })) else {
+        let Some(dev) = FakeDevice::start(
+            "wg_reports_our_errno",
+            Box::new(|req| match req {
+                Ok(Request::Set(_)) => format_errno(IPC_ERROR_PORT_IN_USE),
+                _ => format_errno(IPC_ERROR_INVALID),
+            }),
+        ) else {
             return;
         };
         let o = dev.wg(&["set", "IFACE", "listen-port", "1"]);
@@ -691,7 +735,7 @@ mod interop {
 
     #[test]
     fn wg_setconf_of_our_saved_config() {
-        let Some(dev) = FakeDevice::start(ok_answer()) else {
+        let Some(dev) = FakeDevice::start("wg_setconf_of_our_saved_config", ok_answer()) else {
             return;
         };
         // A config written by `to_wg_quick` (wg keys only, so that plain
