@@ -21,6 +21,8 @@ pub struct Report {
     pub per_cpu: BTreeMap<Counter, Vec<u64>>,
     pub peers: Vec<PeerStatus>,
     pub handshakes: HandshakeStats,
+    /// Frames the kernel dropped before a fast-path worker saw them.
+    pub fast_socket_drops: wg_appliance::fastpath::SocketDrops,
 }
 
 pub struct Appliance {
@@ -58,10 +60,11 @@ impl Appliance {
                 let _ = ready_tx.send(Ok(()));
                 let r = d.run(stop2).await;
                 let report = Report {
-                    counters: d.datapath().counters()?,
+                    counters: d.counters()?,
                     per_cpu: d.datapath().counters_per_cpu()?,
                     peers: d.status(),
                     handshakes: d.handshake_stats().clone(),
+                    fast_socket_drops: d.fast_path().map(|f| f.socket_drops()).unwrap_or_default(),
                 };
                 d.shutdown().await;
                 r?;

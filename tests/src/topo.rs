@@ -86,7 +86,17 @@ pub fn gw_spec(ifname: &str, key: PrivateKey, peer: PeerSpec, wan: &str) -> Devi
         cpus: None,
         mss: None,
         rekey_after_time: None,
+        data_path: test_data_path(),
     }
+}
+
+/// The data path the tests' appliances use: `WG_TEST_DATA_PATH` (auto,
+/// afxdp or bpf), so the whole matrix runs on either; BPF by default.
+pub fn test_data_path() -> wg_appliance::config::DataPathSetting {
+    std::env::var("WG_TEST_DATA_PATH")
+        .ok()
+        .and_then(|v| wg_appliance::config::DataPathSetting::parse(&v))
+        .unwrap_or_default()
 }
 
 fn endpoint(addr: &str, port: u16) -> String {

@@ -199,7 +199,16 @@ fn attack(t: &Tunnel, what: &str, msg: &[u8], fragment: bool, reason: Counter) {
 fn data_plane_attacks_are_dropped_and_counted_exactly() {
     wg_appliance_tests::init_logging();
     require_netns!("data_plane_attacks_are_dropped_and_counted_exactly");
-    let mut t = Tunnel::new(PeerKind::WireguardGo, false, |_| {}, |_| {}).expect("topology");
+    // Reads the BPF path's counters from the pinned STATS map: the
+    // attacks go through the BPF path (the fast path counts the same
+    // verdicts in its workers; tests/tests/fastpath.rs).
+    let mut t = Tunnel::new(
+        PeerKind::WireguardGo,
+        false,
+        |s| s.data_path = wg_appliance::config::DataPathSetting::Bpf,
+        |_| {},
+    )
+    .expect("topology");
     // The peer's handshake initiation, captured as the tunnel comes up.
     let initiation = capture_type(&t, 1, || t.warm_up().expect("handshake"));
 

@@ -2,16 +2,20 @@
 //! the control plane (EVENT_REKEY_WANTED) when a session's counter reaches
 //! the limit, and the daemon rekeys. 2^60 packets cannot be sent in a test:
 //! the test moves the counter of the live session close to the limit
-//! through the pinned SESSIONS map, then sends a few packets.
+//! through the pinned SESSION_STATE map (the session's slot), then sends a
+//! few packets.
 
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use wg_appliance_tests::{
     netns_unavailable, skip,
     topo::{ping_all, PeerKind, Tunnel, GW_IN4},
 };
-use wg_ebpf_common::{maps::Session, REKEY_AFTER_MESSAGES};
+use wg_ebpf_common::{
+    maps::{Session, SessionState},
+    REKEY_AFTER_MESSAGES,
+};
 
 #[test]
 fn reaching_rekey_after_messages_rekeys() {
@@ -26,13 +30,22 @@ fn reaching_rekey_after_messages_rekeys() {
         .ino();
     let pin = format!("/run/wg-appliance/bpf/{ino}/{}/map_SESSIONS", t.gw_if());
     let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{pin}: {e}"));
-    let mut sessions: HashMap<_, u32, Session> =
+    let sessions: HashMap<_, u32, Session> =
         HashMap::try_from(Map::from_map_data(data).expect("map")).expect("hash map");
     let entries: Vec<(u32, Session)> = sessions.iter().map(|r| r.expect("entry")).collect();
     assert_eq!(entries.len(), 1, "one session after the first handshake");
-    let (index, mut s) = entries[0];
-    s.send_counter = REKEY_AFTER_MESSAGES - 3;
-    sessions.insert(index, s, 0).expect("move the counter");
+    let (index, s) = entries[0];
+    let pin = format!(
+        "/run/wg-appliance/bpf/{ino}/{}/map_SESSION_STATE",
+        t.gw_if()
+    );
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{pin}: {e}"));
+    let mut state: Array<_, SessionState> =
+        Array::try_from(Map::from_map_data(data).expect("map")).expect("array");
+    let mut st = state.get(&s.slot, 0).expect("the session's state");
+    assert_eq!(st.owner_index, index, "the slot belongs to the session");
+    st.send_counter = REKEY_AFTER_MESSAGES - 3;
+    state.set(s.slot, st, 0).expect("move the counter");
 
     // Replies from our side use the session: the third of them crosses.
     assert!(

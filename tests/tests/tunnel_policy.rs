@@ -297,6 +297,9 @@ fn steering(per_packet: bool) -> Option<Vec<u64>> {
         |s| {
             s.per_packet = per_packet;
             s.cpus = Some(vec![0, 1]);
+            // CPUMAP steering is the BPF path's (the fast path has one
+            // worker per queue).
+            s.data_path = wg_appliance::config::DataPathSetting::Bpf;
         },
         |_| {},
     )

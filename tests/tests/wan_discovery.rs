@@ -44,6 +44,7 @@ fn wan_follows_new_uplinks() {
         cpus: None,
         mss: None,
         rekey_after_time: None,
+        data_path: Default::default(),
     };
     let app = Appliance::start(&gw, spec).expect("up");
     assert!(

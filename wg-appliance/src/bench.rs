@@ -73,6 +73,10 @@ pub enum Variant {
     AppliancePerPacket,
     WireguardGo,
     Boringtun,
+    /// DataPath = afxdp at both ends (issue #13's fast path).
+    ApplianceAfxdp,
+    /// DataPath = bpf at both ends, named so in A/B runs with the above.
+    ApplianceBpf,
 }
 
 impl Variant {
@@ -90,6 +94,8 @@ impl Variant {
             Variant::AppliancePerPacket => "appliance-pp",
             Variant::WireguardGo => "wireguard-go",
             Variant::Boringtun => "boringtun",
+            Variant::ApplianceAfxdp => "appliance-afxdp",
+            Variant::ApplianceBpf => "appliance-bpf",
         }
     }
 
@@ -99,11 +105,28 @@ impl Variant {
             Variant::AppliancePerPacket => "wg-appliance per-packet",
             Variant::WireguardGo => "wireguard-go",
             Variant::Boringtun => "boringtun-cli",
+            Variant::ApplianceAfxdp => "wg-appliance AF_XDP fast path",
+            Variant::ApplianceBpf => "wg-appliance BPF path",
         }
     }
 
     pub fn is_appliance(self) -> bool {
-        matches!(self, Variant::Appliance | Variant::AppliancePerPacket)
+        matches!(
+            self,
+            Variant::Appliance
+                | Variant::AppliancePerPacket
+                | Variant::ApplianceAfxdp
+                | Variant::ApplianceBpf
+        )
+    }
+
+    /// `WG_APPLIANCE_DATA_PATH` for the variant's daemons.
+    fn data_path(self) -> Option<&'static str> {
+        match self {
+            Variant::ApplianceAfxdp => Some("afxdp"),
+            Variant::ApplianceBpf => Some("bpf"),
+            _ => None,
+        }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -112,8 +135,10 @@ impl Variant {
             "appliance-pp" | "per-packet" | "appliance-per-packet" => Variant::AppliancePerPacket,
             "wireguard-go" | "wggo" | "go" => Variant::WireguardGo,
             "boringtun" | "boringtun-cli" => Variant::Boringtun,
+            "appliance-afxdp" | "afxdp" => Variant::ApplianceAfxdp,
+            "appliance-bpf" | "bpf" => Variant::ApplianceBpf,
             other => bail!(
-                "unknown variant {other:?}; expected appliance, appliance-pp, wireguard-go or boringtun"
+                "unknown variant {other:?}; expected appliance, appliance-pp, appliance-afxdp, appliance-bpf, wireguard-go or boringtun"
             ),
         })
     }
@@ -223,7 +248,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// Variants, comma-separated: appliance, appliance-pp, wireguard-go,
-    /// boringtun (default: all four).
+    /// boringtun (default: these four), appliance-afxdp, appliance-bpf
+    /// (`DataPath` forced at both ends).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
     /// Workloads, comma-separated: tcp1, tcp4, udp64 (the default set), and
@@ -939,7 +965,10 @@ fn start_endpoint(
     let ifname = lab::unique_name(if side_a { "x" } else { "y" });
     let bin = settings.appliance_bin.display().to_string();
     let proc = match v {
-        Variant::Appliance | Variant::AppliancePerPacket => {
+        Variant::Appliance
+        | Variant::AppliancePerPacket
+        | Variant::ApplianceAfxdp
+        | Variant::ApplianceBpf => {
             let mtu = settings.mtu.to_string();
             let mut args = vec![
                 "-f",
@@ -974,7 +1003,12 @@ fn start_endpoint(
             if v == Variant::AppliancePerPacket {
                 args.extend(["--per-packet", "--cpus", &settings.per_packet_cpus]);
             }
-            Proc::spawn(ns, &bin, &args, &[], Some(log), false)?
+            let env: Vec<(&str, &str)> = v
+                .data_path()
+                .map(|p| ("WG_APPLIANCE_DATA_PATH", p))
+                .into_iter()
+                .collect();
+            Proc::spawn(ns, &bin, &args, &env, Some(log), false)?
         }
         Variant::WireguardGo => Proc::spawn(
             ns,

@@ -169,6 +169,8 @@ pub struct ApplianceConfig {
     pub return_routing: ReturnRouting,
     /// `Masquerade`: source NAT of traffic leaving through the tunnel.
     pub masquerade: Masquerade,
+    /// Which data path carries the tunnel (`DataPath =`).
+    pub data_path: DataPathSetting,
 }
 
 /// Policy routing for replies (`ReturnRouting`).
@@ -193,6 +195,40 @@ pub enum Masquerade {
     Sources(Vec<IpNet>),
 }
 
+/// `DataPath` in `[Appliance]` (and `--data-path`): the AF_XDP fast path,
+/// the BPF data path, or the fast path where it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPathSetting {
+    /// AF_XDP where it starts, BPF elsewhere (saying why).
+    Auto,
+    /// AF_XDP; failing to start it is an error.
+    Afxdp,
+    /// The BPF data path only. The default while the fast path is new: it
+    /// carries both directions, but retransmits more under TCP load (see
+    /// docs/performance.md).
+    #[default]
+    Bpf,
+}
+
+impl DataPathSetting {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+            "auto" => Some(Self::Auto),
+            "afxdp" => Some(Self::Afxdp),
+            "bpf" => Some(Self::Bpf),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Afxdp => "afxdp",
+            Self::Bpf => "bpf",
+        }
+    }
+}
+
 impl Default for ApplianceConfig {
     fn default() -> Self {
         ApplianceConfig {
@@ -206,6 +242,7 @@ impl Default for ApplianceConfig {
             forward_ip: false,
             return_routing: ReturnRouting::Off,
             masquerade: Masquerade::Off,
+            data_path: DataPathSetting::default(),
         }
     }
 }
@@ -389,6 +426,7 @@ impl Section {
                 "ForwardIP",
                 "ReturnRouting",
                 "Masquerade",
+                "DataPath",
             ],
         }
     }
@@ -960,6 +998,15 @@ impl Parser<'_> {
             invalid(&at, key, Some(v), problem, expected, fix)
         };
         match key {
+            "DataPath" => {
+                app.data_path = DataPathSetting::parse(v).ok_or_else(|| {
+                    bad(
+                        "not a data path",
+                        "auto, afxdp or bpf",
+                        "use `DataPath = auto` to take AF_XDP where it works",
+                    )
+                })?
+            }
             "XdpMode" => {
                 app.xdp_mode = match v.to_ascii_lowercase().as_str() {
                     "auto" => XdpModeSetting::Auto,
@@ -1513,6 +1560,9 @@ impl Config {
             }
             if a.steering == Steering::PerPacket {
                 kv(&mut out, "Steering", &"per-packet");
+            }
+            if a.data_path != DataPathSetting::default() {
+                kv(&mut out, "DataPath", &a.data_path.name());
             }
             if let Some(c) = &a.cpus {
                 kv(&mut out, "Cpus", &format_cpu_list(c));

@@ -17,13 +17,14 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, CpuMap, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf,
+        Array, CpuMap, DevMapHash, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf,
+        XskMap,
     },
     programs::{Xdp, XdpMode},
     Ebpf,
 };
 use wg_ebpf_common::{
-    maps::{Peer, PeerStats, Session, TunnelConfig, MAX_CPUS},
+    maps::{Peer, PeerStats, Session, SessionState, TunnelConfig, MAX_CPUS, MAX_SESSIONS},
     Counter, DatapathConfig, CONFIG_KEY,
 };
 
@@ -82,6 +83,8 @@ pub enum DatapathError {
     },
     #[error("pinning: {0}. Fix: check that /run/wg-appliance/bpf is a BPF file system (mount -t bpf bpf /run/wg-appliance/bpf)")]
     Pin(String),
+    #[error("BPF map {0} is full")]
+    Full(&'static str),
     #[error("CPU {0} is not usable for steering (at most {MAX_CPUS} CPUs, numbered from 0, and online). Fix: choose CPUs from /sys/devices/system/cpu/online")]
     BadCpu(u32),
 }
@@ -175,6 +178,8 @@ pub struct Datapath {
     attached: Vec<(String, AttachMode)>,
     /// Where maps, programs and links are pinned, if they are.
     pins: Option<std::path::PathBuf>,
+    /// Which `SESSION_STATE` slots are taken.
+    slots: slots::Slots,
 }
 
 impl Datapath {
@@ -196,6 +201,7 @@ impl Datapath {
             adopted: Default::default(),
             attached: Vec::new(),
             pins: None,
+            slots: slots::Slots::new(MAX_SESSIONS),
         };
         {
             let mut config: Array<_, DatapathConfig> =
@@ -289,6 +295,7 @@ impl Datapath {
             adopted: Default::default(),
             attached: Vec::new(),
             pins: Some(dir.to_owned()),
+            slots: slots::Slots::new(MAX_SESSIONS),
         };
         for e in entries.flatten() {
             let file = e.file_name().to_string_lossy().into_owned();
@@ -325,6 +332,14 @@ impl Datapath {
                 dir.display()
             )));
         }
+        if !dp.maps.contains_key("SESSION_STATE") {
+            return Err(DatapathError::Pin(format!(
+                "{} holds a data path of an older layout (no SESSION_STATE); restart the tunnel",
+                dir.display()
+            )));
+        }
+        let used: Vec<u32> = dp.sessions()?.iter().map(|(_, s)| s.slot).collect();
+        dp.slots = slots::Slots::adopt(MAX_SESSIONS, used, std::time::Instant::now());
         Ok(dp)
     }
 
@@ -612,11 +627,114 @@ impl Datapath {
         }
     }
 
-    /// Installs (or replaces) the session for local receiver index `index`.
+    /// Installs the session for local receiver index `index` (replacing one
+    /// of the same index): takes a `SESSION_STATE` slot, zeroes it for
+    /// `index`, then writes the keys pointing at it. `s.slot` is ignored.
     pub fn install_session(&mut self, index: u32, s: &Session) -> Result<(), DatapathError> {
-        let mut m: HashMap<_, u32, Session> =
-            HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
-        m.insert(index, s, 0).map_err(map_err("SESSIONS"))
+        let now = std::time::Instant::now();
+        let old = self.session(index)?;
+        let slot = self
+            .slots
+            .take(now)
+            .ok_or(DatapathError::Full("SESSION_STATE"))?;
+        let r = self
+            .write_state(slot, &SessionState::new(index))
+            .and_then(|()| {
+                let mut m: HashMap<_, u32, Session> =
+                    HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
+                m.insert(index, Session { slot, ..*s }, 0)
+                    .map_err(map_err("SESSIONS"))
+            });
+        match (&r, old) {
+            (Err(_), _) => self.slots.free(slot, now),
+            (Ok(()), Some(o)) => self.slots.free(o.slot, now),
+            (Ok(()), None) => {}
+        }
+        r
+    }
+
+    fn write_state(&mut self, slot: u32, st: &SessionState) -> Result<(), DatapathError> {
+        let mut a: Array<_, SessionState> =
+            Array::try_from(self.map_mut("SESSION_STATE")?).map_err(map_err("SESSION_STATE"))?;
+        a.set(slot, st, 0).map_err(map_err("SESSION_STATE"))
+    }
+
+    /// The counters and replay window of session `index`, if it exists.
+    pub fn session_state(&self, index: u32) -> Result<Option<SessionState>, DatapathError> {
+        let Some(s) = self.session(index)? else {
+            return Ok(None);
+        };
+        let a: Array<_, SessionState> =
+            Array::try_from(self.map("SESSION_STATE")?).map_err(map_err("SESSION_STATE"))?;
+        let st = a.get(&s.slot, 0).map_err(map_err("SESSION_STATE"))?;
+        Ok((st.owner_index == index).then_some(st))
+    }
+
+    /// A file descriptor of `SESSION_STATE` of its own, to mmap (the fast
+    /// path's workers share the counters and replay windows through it).
+    pub fn session_state_fd(&self) -> Result<std::os::fd::OwnedFd, DatapathError> {
+        let a: Array<&MapData, SessionState> =
+            Array::try_from(self.map("SESSION_STATE")?).map_err(map_err("SESSION_STATE"))?;
+        a.map().fd().as_fd().try_clone_to_owned().map_err(|e| {
+            map_err("SESSION_STATE")(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }))
+        })
+    }
+
+    /// A file descriptor of its own for map `name` (to mmap a
+    /// `BPF_F_MMAPABLE` array).
+    pub fn map_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd, DatapathError> {
+        let m = self.map(name)?;
+        let data: &MapData = match m {
+            aya::maps::Map::Array(d) => d,
+            _ => return Err(DatapathError::Missing(name)),
+        };
+        data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+            map_err(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }))
+        })
+    }
+
+    /// Registers the worker's AF_XDP socket on `wg0x` queue `queue` in
+    /// `XSKS_TX` (`tun_tx` hands it the packets of `FAST_TX` peers).
+    pub fn set_xsk_tx(&mut self, queue: u32, fd: &impl AsRawFd) -> Result<(), DatapathError> {
+        let mut m = XskMap::try_from(self.map_mut("XSKS_TX")?).map_err(map_err("XSKS_TX"))?;
+        m.set(queue, fd.as_raw_fd(), 0).map_err(map_err("XSKS_TX"))
+    }
+
+    /// Number of `SESSION_STATE` slots.
+    pub fn session_state_entries(&self) -> u32 {
+        MAX_SESSIONS
+    }
+
+    /// A handle of its own on map `name` (for a thread beside the daemon).
+    pub fn dup_map(&self, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+        let m = self.map(name)?;
+        let data: &MapData = match m {
+            aya::maps::Map::Array(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::PerCpuArray(d) => d,
+            _ => return Err(DatapathError::Missing(name)),
+        };
+        let id = data.info().map_err(map_err(name))?.id();
+        let data = MapData::from_id(id).map_err(map_err(name))?;
+        aya::maps::Map::from_map_data(data).map_err(map_err(name))
+    }
+
+    /// Registers the AF_XDP socket of the worker serving WAN receive queue
+    /// `queue` in `XSKS` (`wan_rx` redirects the queue's data there).
+    pub fn set_xsk(&mut self, queue: u32, fd: &impl AsRawFd) -> Result<(), DatapathError> {
+        let mut m = XskMap::try_from(self.map_mut("XSKS")?).map_err(map_err("XSKS"))?;
+        m.set(queue, fd.as_raw_fd(), 0).map_err(map_err("XSKS"))
+    }
+
+    /// Sessions installed (slots in use).
+    pub fn session_slots_in_use(&self) -> usize {
+        self.slots.in_use()
     }
 
     /// Reads a session back (tests, and the control plane's view of the
@@ -643,14 +761,20 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Removes a session; absent is fine.
+    /// Removes a session; absent is fine. Its state slot rests before
+    /// reuse (see `slots`).
     pub fn remove_session(&mut self, index: u32) -> Result<(), DatapathError> {
+        let old = self.session(index)?;
         let mut m: HashMap<_, u32, Session> =
             HashMap::try_from(self.map_mut("SESSIONS")?).map_err(map_err("SESSIONS"))?;
         match m.remove(&index) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("SESSIONS")(e)),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("SESSIONS")(e)),
         }
+        if let Some(o) = old {
+            self.slots.free(o.slot, std::time::Instant::now());
+        }
+        Ok(())
     }
 
     /// A peer's traffic counters summed over CPUs; the timestamps are the
@@ -795,6 +919,7 @@ impl fmt::Display for Counters {
 }
 
 pub mod aead_probe;
+mod slots;
 pub mod test_run;
 
 #[cfg(test)]

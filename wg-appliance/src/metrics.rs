@@ -152,6 +152,78 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
             }
         }
     }
+    // Packets by data path: what the BPF programs decrypted and encrypted
+    // (crypt_rx / crypt_tx), and what the AF_XDP workers did.
+    let by_path = counter_vec(
+        &reg,
+        "wg_appliance_path_packets_total",
+        "Data packets decrypted (rx) and encrypted (tx), by data path (bpf, afxdp)",
+        &["interface", "path", "direction"],
+    )?;
+    let by_path_bytes = counter_vec(
+        &reg,
+        "wg_appliance_path_bytes_total",
+        "WireGuard message bytes received (rx) and sent (tx) by the AF_XDP workers",
+        &["interface", "path", "direction"],
+    )?;
+    let (mut fast_rx, mut fast_tx) = (0u64, 0u64);
+    if let Some(f) = &s.fast {
+        let worker = counter_vec(
+            &reg,
+            "wg_appliance_worker_packets_total",
+            "Packets each AF_XDP worker received (rx) and sent (tx)",
+            &["interface", "worker", "direction"],
+        )?;
+        for &(q, rxp, rxb, txp, txb) in &f.workers {
+            let q = q.to_string();
+            worker.with_label_values(&[ifc, &q, "rx"]).inc_by(rxp);
+            worker.with_label_values(&[ifc, &q, "tx"]).inc_by(txp);
+            by_path_bytes
+                .with_label_values(&[ifc, "afxdp", "rx"])
+                .inc_by(rxb);
+            by_path_bytes
+                .with_label_values(&[ifc, "afxdp", "tx"])
+                .inc_by(txb);
+            fast_rx += rxp;
+            fast_tx += txp;
+        }
+        let modes = gauge_vec(
+            &reg,
+            "wg_appliance_afxdp_socket",
+            "AF_XDP sockets of the fast path, by device, queue and mode (zerocopy, copy); 1 = bound",
+            &["interface", "device", "queue", "mode"],
+        )?;
+        for (dev, q, m) in &f.modes {
+            modes
+                .with_label_values(&[ifc, dev, &q.to_string(), m])
+                .set(1);
+        }
+        let sd = counter_vec(
+            &reg,
+            "wg_appliance_afxdp_socket_drops_total",
+            "Frames the kernel dropped before an AF_XDP worker saw them, by reason",
+            &["interface", "reason"],
+        )?;
+        sd.with_label_values(&[ifc, "rx_ring_full"])
+            .inc_by(f.socket_drops.rx_ring_full);
+        sd.with_label_values(&[ifc, "no_free_frame"])
+            .inc_by(f.socket_drops.rx_no_frame);
+    }
+    let get = |c: wg_ebpf_common::Counter| s.counters.get(c);
+    use wg_ebpf_common::Counter as C;
+    // The merged counters hold both paths' deliveries: BPF's are the rest.
+    by_path
+        .with_label_values(&[ifc, "bpf", "rx"])
+        .inc_by((get(C::RxDelivered) + get(C::RxKeepalive)).saturating_sub(fast_rx));
+    by_path
+        .with_label_values(&[ifc, "bpf", "tx"])
+        .inc_by((get(C::TxSent) + get(C::TxKeepalive)).saturating_sub(fast_tx));
+    by_path
+        .with_label_values(&[ifc, "afxdp", "rx"])
+        .inc_by(fast_rx);
+    by_path
+        .with_label_values(&[ifc, "afxdp", "tx"])
+        .inc_by(fast_tx);
     let hsk = counter_vec(
         &reg,
         "wg_appliance_handshakes_total",
@@ -277,4 +349,66 @@ pub async fn serve(listener: TcpListener, cmds: mpsc::Sender<Command>, names: Fr
 /// Binds the metrics listener, saying clearly why not.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wg_ebpf_common::Counter;
+
+    use super::*;
+    use crate::{
+        daemon::{FastStatus, HandshakeStats},
+        datapath::{AttachMode, Counters},
+    };
+
+    fn status(fast: Option<FastStatus>, delivered: u64, sent: u64) -> Status {
+        let mut c = BTreeMap::new();
+        c.insert(Counter::RxDelivered, delivered);
+        c.insert(Counter::TxSent, sent);
+        Status {
+            interface: "wg0".into(),
+            listen_port: 51820,
+            peers: Vec::new(),
+            counters: Counters(c),
+            per_cpu: BTreeMap::new(),
+            handshakes: HandshakeStats::default(),
+            sessions: 0,
+            tunnel_mode: AttachMode::Native,
+            wan: Vec::new(),
+            fast,
+            pins: crate::persist::PinLifetime::OutlivesDaemon,
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    }
+
+    /// Packets by path: the workers' share under afxdp, the rest under bpf.
+    #[test]
+    fn packets_by_path_split_between_bpf_and_the_workers() {
+        let fast = FastStatus {
+            modes: vec![("eth0".into(), 0, "copy")],
+            workers: vec![(0, 70, 7000, 30, 3000)],
+            socket_drops: Default::default(),
+        };
+        let text = render(&status(Some(fast), 100, 40), &FriendlyNames::new()).expect("render");
+        let p = r#"wg_appliance_path_packets_total{direction=""#;
+        assert!(line(&text, &format!(r#"{p}rx",interface="wg0",path="afxdp"}}"#)).ends_with(" 70"));
+        assert!(line(&text, &format!(r#"{p}rx",interface="wg0",path="bpf"}}"#)).ends_with(" 30"));
+        assert!(line(&text, &format!(r#"{p}tx",interface="wg0",path="afxdp"}}"#)).ends_with(" 30"));
+        assert!(line(&text, &format!(r#"{p}tx",interface="wg0",path="bpf"}}"#)).ends_with(" 10"));
+        assert!(text.contains(
+            r#"wg_appliance_afxdp_socket{device="eth0",interface="wg0",mode="copy",queue="0"} 1"#
+        ));
+
+        let text = render(&status(None, 100, 40), &FriendlyNames::new()).expect("render");
+        assert!(line(&text, &format!(r#"{p}rx",interface="wg0",path="afxdp"}}"#)).ends_with(" 0"));
+        assert!(line(&text, &format!(r#"{p}rx",interface="wg0",path="bpf"}}"#)).ends_with(" 100"));
+        assert!(!text.contains("wg_appliance_worker_packets_total{"));
+    }
 }

@@ -153,11 +153,15 @@ pub enum Counter {
     MssClamped,
     /// Peer endpoint updated from an authenticated packet (roaming).
     EndpointRoamed,
+    /// Transport data redirected to an AF_XDP fast-path worker (`wan_rx`).
+    RxFastPath,
+    /// Inner packet redirected to an AF_XDP fast-path worker (`tun_tx`).
+    TxFastPath,
 }
 
 impl Counter {
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = Counter::EndpointRoamed as u32 + 1;
+    pub const COUNT: u32 = Counter::TxFastPath as u32 + 1;
 
     /// All counters in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -197,6 +201,8 @@ impl Counter {
         Counter::TxStaged,
         Counter::MssClamped,
         Counter::EndpointRoamed,
+        Counter::RxFastPath,
+        Counter::TxFastPath,
     ];
 
     /// The counter with map index `i`.
@@ -244,6 +250,8 @@ impl Counter {
             Counter::TxStaged => "tx_staged",
             Counter::MssClamped => "mss_clamped",
             Counter::EndpointRoamed => "endpoint_roamed",
+            Counter::RxFastPath => "rx_fast_path",
+            Counter::TxFastPath => "tx_fast_path",
         }
     }
 

@@ -16,6 +16,11 @@
 //!   dominates), so the hash map is created without preallocation: memory
 //!   follows the sessions actually installed (≈ 11 MiB for 10,000 peers with
 //!   one session each) rather than the 54 MiB a preallocated map would pin.
+//!   Since the fast path (issue #13) the counters and the replay window live
+//!   apart in `SESSION_STATE`, a `BPF_F_MMAPABLE` array (arrays are always
+//!   preallocated): 1,048 bytes × 49,152 slots ≈ 51 MiB per device, the
+//!   price of one state that BPF and the AF_XDP workers share; the keys stay
+//!   in the non-preallocated hash (88 bytes a session).
 //! - `MAX_ALLOWED_PREFIXES` = 65,536 per family: several prefixes per peer.
 //! - `MAX_CPUS` = 128 steering targets.
 //! - `EVENTS`: 1 MiB ring buffer: ≈ 650 staged packets of 1,500 bytes in
@@ -42,20 +47,15 @@ pub const REPLAY_WINDOW: u64 = REPLAY_BITS_TOTAL - 64;
 /// Largest inner packet carried in an event to the control plane.
 pub const EVENT_PACKET_MAX: usize = 1536;
 
-/// A session's keys and counters. Key: the local receiver index (u32) that
-/// the peer puts in the `receiver` field of transport messages to us.
+/// A session's keys. Key: the local receiver index (u32) that the peer puts
+/// in the `receiver` field of transport messages to us. Its counters live
+/// apart, in [`SessionState`] slot `slot` of the `SESSION_STATE` array, so
+/// that userspace can map them (see [`SessionState`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Session {
     pub recv_key: [u8; 32],
     pub send_key: [u8; 32],
-    /// Next send counter; BPF reserves with an atomic fetch-add. The control
-    /// plane never encrypts with this session itself (see docs/decisions.md: it
-    /// injects packets that BPF encrypts), so a nonce is never used twice.
-    pub send_counter: u64,
-    /// One more than the greatest counter accepted (0: none yet).
-    pub replay_next: u64,
-    pub replay_bitmap: [u64; REPLAY_WORDS],
     /// `bpf_ktime_get_ns()` when the keys were derived (the control plane
     /// converts from CLOCK_MONOTONIC when installing).
     pub birth_ns: u64,
@@ -64,8 +64,52 @@ pub struct Session {
     pub peer_id: u32,
     /// `SESSION_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// Index of this session's [`SessionState`] in `SESSION_STATE` (never 0:
+    /// slot 0 is reserved, so a zeroed session points nowhere usable).
+    pub slot: u32,
 }
+
+/// The mutable half of a session: the send counter and the replay window.
+///
+/// One array slot per session in `SESSION_STATE`, a `BPF_F_MMAPABLE` array,
+/// so the BPF programs and userspace workers (which map the array) update
+/// the very same words with atomic operations: a tunnel can move between
+/// the two data paths at any packet without reusing a nonce or accepting a
+/// counter twice. The control plane assigns slots when it installs a
+/// session and zeroes the slot first; a freed slot is reused only after a
+/// grace period (see `Datapath::install_session`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SessionState {
+    /// Next send counter; reserved with an atomic fetch-add by whoever
+    /// sends (BPF or a worker). The control plane never encrypts with this
+    /// session itself (see docs/decisions.md: it injects packets that the
+    /// data path encrypts), so a nonce is never used twice.
+    pub send_counter: u64,
+    /// One more than the greatest counter accepted (0: none yet).
+    pub replay_next: u64,
+    /// The local receiver index the slot was zeroed for: a reader holding a
+    /// slot number it cached checks that the slot still belongs to it.
+    pub owner_index: u32,
+    pub _pad: u32,
+    pub replay_bitmap: [u64; REPLAY_WORDS],
+}
+
+impl SessionState {
+    /// A fresh slot for the session with local index `owner_index`.
+    pub const fn new(owner_index: u32) -> Self {
+        Self {
+            send_counter: 0,
+            replay_next: 0,
+            owner_index,
+            _pad: 0,
+            replay_bitmap: [0; REPLAY_WORDS],
+        }
+    }
+}
+
+/// `BPF_F_MMAPABLE`: the array can be mapped into userspace.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// This side may send with the session (responder: after the first data
 /// packet confirmed it; initiator: at once).
@@ -255,6 +299,7 @@ mod user {
     // SAFETY: all plain-old-data, `#[repr(C)]`, explicit padding, every bit
     // pattern valid.
     unsafe impl aya::Pod for super::Session {}
+    unsafe impl aya::Pod for super::SessionState {}
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::PeerStats {}
     unsafe impl aya::Pod for super::TunnelConfig {}
@@ -268,10 +313,9 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(
-            size_of::<Session>(),
-            32 + 32 + 8 + 8 + REPLAY_WORDS * 8 + 8 + 16
-        );
+        assert_eq!(size_of::<Session>(), 32 + 32 + 8 + 16);
+        assert_eq!(size_of::<SessionState>(), 8 + 8 + 8 + REPLAY_WORDS * 8);
+        assert_eq!(size_of::<SessionState>() % 8, 0, "mmap stride = size");
         assert_eq!(size_of::<Peer>(), 16 + 16 + 2 + 2 + 4 + 4);
         assert_eq!(core::mem::align_of::<Session>(), 8);
         assert_eq!(size_of::<PeerStats>(), 64);

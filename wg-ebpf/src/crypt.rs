@@ -226,7 +226,11 @@ fn rx_prepare_inner(ctx: &XdpContext, plan: &mut RxPlan) -> Result<(), Counter> 
     if now.wrapping_sub(s.birth_ns) >= reject_after_ns(cfg) {
         return Err(Counter::DropSessionExpired);
     }
-    if !replay::precheck(s.replay_next, &s.replay_bitmap, counter) {
+    let st = crate::maps::state_of(s, receiver).ok_or(Counter::DropSessionExpired)?;
+    // SAFETY: a live array value; the replay words are read racily, which
+    // the pre-check tolerates (the update decides, atomically).
+    let st = unsafe { &*st };
+    if !replay::precheck(st.replay_next, &st.replay_bitmap, counter) {
         return Err(Counter::DropReplay);
     }
     *plan = RxPlan {
@@ -253,7 +257,16 @@ fn rx_finish_inner(ctx: &XdpContext, plan: &RxPlan) -> Result<(Counter, u32), Co
     // SAFETY: pointers into the live session; concurrent readers only race
     // on the replay fields, which `replay` handles.
     let s: &mut Session = unsafe { &mut *sp };
-    if !unsafe { replay::update(&mut s.replay_next, &mut s.replay_bitmap, plan.counter) } {
+    let st = crate::maps::state_of(s, plan.receiver).ok_or(Counter::DropSessionExpired)?;
+    // SAFETY: the state's words are only updated atomically by everyone
+    // (BPF on any CPU and the AF_XDP workers), which `replay` relies on.
+    if !unsafe {
+        replay::update(
+            &mut (*st).replay_next,
+            &mut (*st).replay_bitmap,
+            plan.counter,
+        )
+    } {
         return Err(Counter::DropReplay);
     }
     let (ct, ct_len, now) = (plan.ct, plan.ct_len, plan.now);
@@ -420,8 +433,11 @@ fn tx_prepare_inner(ctx: &XdpContext, plan: &mut TxPlan) -> Result<(), Counter> 
     }
     let index = crate::maps::current_index(peer_id);
     let sp = sendable_index(cfg, index).ok_or(Counter::DropSessionExpired)?;
-    // SAFETY: a live map value; the counter is reserved atomically.
-    let counter = unsafe { wg_ebpf_common::atomic::fetch_add_u64(&mut (*sp).send_counter, 1) };
+    // SAFETY: a live map value.
+    let st = crate::maps::state_of(unsafe { &*sp }, index).ok_or(Counter::DropSessionExpired)?;
+    // SAFETY: a live array value; the counter is reserved atomically (the
+    // AF_XDP workers take from the same word).
+    let counter = unsafe { wg_ebpf_common::atomic::fetch_add_u64(&mut (*st).send_counter, 1) };
     if counter >= REJECT_AFTER_MESSAGES {
         return Err(Counter::DropSessionExpired);
     }

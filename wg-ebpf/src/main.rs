@@ -39,7 +39,7 @@ mod inner;
 mod maps;
 mod tunnel;
 
-use maps::{count, CONFIG, CPUS_RX, HS_LIMIT, RR, SESSIONS, TUNNEL};
+use maps::{count, CONFIG, CPUS_RX, HS_LIMIT, RR, SESSIONS, TUNNEL, XSKS};
 
 /// The one bounds-checked accessor: a pointer to `T` at `off`, or `Err` when
 /// the packet ends first.
@@ -250,6 +250,11 @@ fn steer_rx(ctx: &XdpContext, payload: usize) -> (Counter, u32) {
     let Some(session) = (unsafe { SESSIONS.get(&receiver) }) else {
         return (Counter::DropUnknownIndex, DROP);
     };
+    // The fast path's worker for this queue, if one runs (the default
+    // action in the flags' low bits, PASS, says "no socket there").
+    if let Ok(v) = XSKS.redirect(ctx.rx_queue_index(), PASS as u64) {
+        return (Counter::RxFastPath, v);
+    }
     let cpu = steer_cpu(cfg, session.peer_id, false);
     match CPUS_RX.redirect(cpu, 0) {
         Ok(v) => (Counter::RxSteered, v),

@@ -5,12 +5,13 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::LpmTrie, Array, CpuMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf,
+        XskMap,
     },
 };
 use wg_ebpf_common::{
     maps::{
-        Ipv4Key, Ipv6Key, Peer, PeerStats, Session, TunnelConfig, EVENTS_BYTES,
-        MAX_ALLOWED_PREFIXES, MAX_CPUS, MAX_PEERS, MAX_SESSIONS, MAX_WAN_PORTS,
+        Ipv4Key, Ipv6Key, Peer, PeerStats, Session, SessionState, TunnelConfig, BPF_F_MMAPABLE,
+        EVENTS_BYTES, MAX_ALLOWED_PREFIXES, MAX_CPUS, MAX_PEERS, MAX_SESSIONS, MAX_WAN_PORTS,
     },
     Counter, DatapathConfig,
 };
@@ -30,19 +31,50 @@ pub static TUNNEL: Array<TunnelConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Receiver index → session (keys, counters, replay window).
+/// Receiver index → session (keys, and the slot of its state).
 #[map]
 pub static SESSIONS: HashMap<u32, Session> =
     HashMap::with_max_entries(MAX_SESSIONS, BPF_F_NO_PREALLOC);
+
+/// Session slot → send counter and replay window, shared with the AF_XDP
+/// workers, which map this array (see `SessionState`).
+#[map]
+pub static SESSION_STATE: Array<SessionState> =
+    Array::with_max_entries(MAX_SESSIONS, BPF_F_MMAPABLE);
+
+/// The state of `s`, if its slot is valid and still belongs to `index`.
+#[inline(always)]
+pub fn state_of(s: &Session, index: u32) -> Option<*mut SessionState> {
+    let st = SESSION_STATE.get_ptr_mut(s.slot)?;
+    // SAFETY: a live array value; owner_index is written only while the
+    // slot is free.
+    if s.slot == 0 || unsafe { (*st).owner_index } != index {
+        return None;
+    }
+    Some(st)
+}
 
 /// Peer id → endpoint.
 #[map]
 pub static PEERS: Array<Peer> = Array::with_max_entries(MAX_PEERS, 0);
 
 /// Peer id → local index of the session it sends with (0: none); see
-/// `wg_ebpf_common::maps::Peer` on why this is a map of its own.
+/// `wg_ebpf_common::maps::Peer` on why this is a map of its own. Mapped by
+/// the fast path's workers, which read it per packet they send.
 #[map]
-pub static PEER_CURRENT: Array<u32> = Array::with_max_entries(MAX_PEERS, 0);
+pub static PEER_CURRENT: Array<u32> = Array::with_max_entries(MAX_PEERS, BPF_F_MMAPABLE);
+
+/// Peer id → nonzero when a fast-path worker can send to the peer (it
+/// knows the link-layer and IP addresses towards it, learnt from the
+/// peer's own packets). `tun_tx` hands such a peer's packets to the worker
+/// when `XSKS_TX` has its socket.
+#[map]
+pub static FAST_TX: Array<u32> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// `wg0x` queue → the AF_XDP socket of the worker that encrypts (empty: the
+/// BPF path's `crypt_tx`).
+#[map]
+pub static XSKS_TX: XskMap = XskMap::with_max_entries(MAX_CPUS, 0);
 
 /// The session peer `peer_id` sends with (0: none), read once: the control
 /// plane may switch it at any time.
@@ -70,6 +102,12 @@ pub static ALLOWED_V6: LpmTrie<Ipv6Key, u32> = LpmTrie::with_max_entries(MAX_ALL
 pub static CPUS_RX: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
 #[map]
 pub static CPUS_TX: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
+
+/// WAN receive queue → the AF_XDP socket of the fast-path worker serving
+/// it (issue #13). An empty slot (no worker, or its daemon gone: the kernel
+/// takes a closed socket out) sends the packet to the BPF path.
+#[map]
+pub static XSKS: XskMap = XskMap::with_max_entries(MAX_CPUS, 0);
 
 /// ifindex → device, for redirects out of WAN interfaces and into `wg0x`.
 #[map]

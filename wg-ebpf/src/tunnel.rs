@@ -23,7 +23,7 @@ use wg_ebpf_common::{
 
 use crate::{
     count, inner, load,
-    maps::{CPUS_TX, EVENTS, PEERS, SESSIONS, TUNNEL},
+    maps::{CPUS_TX, EVENTS, FAST_TX, PEERS, SESSIONS, TUNNEL, XSKS_TX},
     read_be16, steer_cpu, DROP, PASS,
 };
 
@@ -72,7 +72,13 @@ pub fn sendable_index(cfg: &TunnelConfig, index: u32) -> Option<*mut Session> {
     let s = SESSIONS.get_ptr_mut(&index)?;
     // SAFETY: a live map value.
     let sr = unsafe { &*s };
-    if sr.flags & SESSION_CAN_SEND == 0 || sr.send_counter >= REJECT_AFTER_MESSAGES {
+    if sr.flags & SESSION_CAN_SEND == 0 {
+        return None;
+    }
+    let st = crate::maps::state_of(sr, index)?;
+    // SAFETY: a live array value; a racy read of the counter is fine here
+    // (the fetch-add that reserves one checks the limit again).
+    if unsafe { core::ptr::read_volatile(&(*st).send_counter) } >= REJECT_AFTER_MESSAGES {
         return None;
     }
     // SAFETY: helper without preconditions.
@@ -121,6 +127,12 @@ fn try_tun_tx(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
             return Err(Counter::DropSessionExpired);
         }
         return stage(ctx, peer_id, avail - ETH_HLEN);
+    }
+    if proto != ETH_P_WG_CONTROL && FAST_TX.get(peer_id).is_some_and(|v| *v != 0) {
+        // The fast path's worker, if one runs on this queue.
+        if let Ok(v) = XSKS_TX.redirect(ctx.rx_queue_index(), PASS as u64) {
+            return Ok((Counter::TxFastPath, v));
+        }
     }
     let cpu = steer_cpu(cfg, peer_id, true);
     match CPUS_TX.redirect(cpu, 0) {

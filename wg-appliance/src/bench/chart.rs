@@ -19,6 +19,8 @@ fn color(v: Variant) -> RGBColor {
         Variant::AppliancePerPacket => RGBColor(0x17, 0xbe, 0xcf),
         Variant::WireguardGo => RGBColor(0xff, 0x7f, 0x0e),
         Variant::Boringtun => RGBColor(0x2c, 0xa0, 0x2c),
+        Variant::ApplianceAfxdp => RGBColor(0xd6, 0x27, 0x28),
+        Variant::ApplianceBpf => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 

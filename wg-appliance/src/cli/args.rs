@@ -66,6 +66,10 @@ pub struct IfaceArgs {
     /// Prometheus metrics address, or "off".
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Data path: auto (AF_XDP where it works), afxdp or bpf (default: the
+    /// configuration's DataPath, else bpf).
+    #[arg(long)]
+    pub data_path: Option<String>,
 }
 
 /// The subcommands.

@@ -146,6 +146,11 @@ fn interface_options(
         cpus,
         mss,
         handshake_rate: app.handshake_rate,
+        data_path: match a.data_path.as_deref() {
+            Some(s) => wg_appliance::config::DataPathSetting::parse(s)
+                .with_context(|| format!("--data-path {s}: expected auto, afxdp or bpf"))?,
+            None => app.data_path,
+        },
         // Test hook only (the rekey test of the hitless restart); never
         // set in production.
         rekey_after_time: std::env::var("WG_APPLIANCE_TEST_REKEY_AFTER_SECS")
@@ -259,5 +264,6 @@ fn device_spec(
         cpus: opts.cpus.clone(),
         mss: opts.mss,
         rekey_after_time: opts.rekey_after_time,
+        data_path: opts.data_path,
     })
 }

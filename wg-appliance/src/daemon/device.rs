@@ -43,6 +43,8 @@ pub struct DeviceSpec {
     pub mss: Option<u16>,
     /// Test hook: shorter REKEY_AFTER_TIME. Never set in production.
     pub rekey_after_time: Option<Duration>,
+    /// AF_XDP fast path or BPF (`DataPath =`).
+    pub data_path: crate::config::DataPathSetting,
 }
 
 /// How a daemon without a configuration file starts (`wg-appliance wg0`):
@@ -61,6 +63,8 @@ pub struct InterfaceOptions {
     /// Handshake messages per second per source let through by XDP
     /// (None: the built-in default).
     pub handshake_rate: Option<u32>,
+    /// AF_XDP fast path or BPF (`DataPath =`).
+    pub data_path: crate::config::DataPathSetting,
 }
 
 /// What [`Daemon::assemble`] puts together.
@@ -93,6 +97,7 @@ impl Daemon {
             mss: spec.mss,
             rekey_after_time: spec.rekey_after_time,
             handshake_rate: None,
+            data_path: spec.data_path,
         };
         let endpoints: Vec<SocketAddr> = spec.peers.iter().filter_map(|p| p.endpoint).collect();
         let mut d = Self::start_empty(opts, spec.listen_port, &endpoints).await?;
@@ -265,6 +270,7 @@ impl Daemon {
             sessions = d.by_index.len(),
             "adopted the running data path (hitless restart)"
         );
+        d.start_fast_path()?;
         Ok(d)
     }
 
@@ -301,6 +307,7 @@ impl Daemon {
             ticks: 0,
             cmd_tx,
             cmd_rx,
+            fast: None,
         }
     }
 
@@ -400,6 +407,7 @@ impl Daemon {
             wan = ?d.wan.iter().map(|(n, m)| format!("{n} ({m})")).collect::<Vec<_>>(),
             "interface up"
         );
+        d.start_fast_path()?;
         Ok(d)
     }
 
@@ -446,6 +454,7 @@ impl Daemon {
         self.sock = sock;
         self.listen_port = port;
         self.dp.set_listen_port(port)?;
+        self.fast_sync();
         tracing::info!(listen_port = port, "listening");
         Ok(())
     }

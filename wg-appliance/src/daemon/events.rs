@@ -102,6 +102,7 @@ impl Daemon {
     }
 
     pub(super) async fn on_tick(&mut self) {
+        self.fast_events().await;
         let now = self.now();
         // Routes change under us (a new uplink, a moved default route):
         // every 5 s, attach wan_rx wherever traffic to the peers now leaves.
@@ -131,7 +132,7 @@ impl Daemon {
                 self.act(id, acts).await;
                 continue;
             }
-            let Ok(stats) = self.dp.peer_stats(id) else {
+            let Ok(stats) = self.peer_stats(id) else {
                 continue;
             };
             let next_seen = self.next_confirmed(id);
@@ -249,6 +250,7 @@ impl Daemon {
             }
             Action::Retire(idx) => {
                 self.by_index.remove(&idx);
+                self.fast_sync();
                 if let Err(e) = self.dp.remove_session(idx) {
                     tracing::warn!(error = %e, "removing a retired session failed");
                 }

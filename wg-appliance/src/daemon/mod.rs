@@ -30,6 +30,7 @@
 
 mod device;
 mod events;
+mod fast;
 mod handshake;
 mod hs_pool;
 mod inject;
@@ -53,7 +54,7 @@ use tokio::{
 
 pub use self::device::{DeviceSpec, InterfaceOptions};
 use self::peers::PeerState;
-pub use self::status::{HandshakeStats, PeerStatus, Status};
+pub use self::status::{FastStatus, HandshakeStats, PeerStatus, Status};
 pub use self::uapi::serve_uapi;
 /// The peers a [`DeviceSpec`] lists. Defined with the configuration (persist
 /// saves them too) and named here as well, being part of the daemon's input:
@@ -103,6 +104,9 @@ pub enum Command {
 /// The control plane of one interface, owned by the one task that runs
 /// [`Daemon::run`].
 pub struct Daemon {
+    /// The AF_XDP fast path, when it runs: first, so it stops (its workers
+    /// joined) before the data path's maps and links go.
+    fast: Option<crate::fastpath::FastPath>,
     dp: Datapath,
     link: TunnelLink,
     handle: rtnetlink::Handle,

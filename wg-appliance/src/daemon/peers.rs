@@ -236,6 +236,7 @@ impl Daemon {
             }
         }
         self.dp.add_allowed(net.network(), net.prefix_len(), id)?;
+        self.fast_sync();
         Ok(())
     }
 
@@ -269,6 +270,7 @@ impl Daemon {
         for net in &nets {
             self.allowed.remove(*net);
         }
+        self.fast_sync();
         for net in nets {
             self.dp.remove_allowed(net.network(), net.prefix_len())?;
         }
@@ -286,6 +288,7 @@ impl Daemon {
         for i in indexes {
             self.by_index.remove(&i);
             self.dp.remove_session(i)?;
+            self.fast_sync();
         }
         self.dp.set_current(id, 0)?;
         self.dp.set_peer(id, &BpfPeer::default())?;
@@ -330,6 +333,8 @@ impl Daemon {
         }
         if slot != before {
             self.dp.set_peer(id, &slot)?;
+            // The workers forget the addresses they learnt.
+            self.fast_sync();
         }
         Ok(())
     }

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use wg_ebpf_common::maps::{
-    Session as BpfSession, REPLAY_WORDS, SESSION_CAN_SEND, SESSION_INITIATOR,
-};
+use wg_ebpf_common::maps::{Session as BpfSession, SESSION_CAN_SEND, SESSION_INITIATOR};
 
 use super::peers::{BpfKeypair, PeerState};
 use super::{ktime_ns, Daemon, DaemonError};
@@ -18,14 +16,12 @@ impl Daemon {
         let s = BpfSession {
             recv_key: *kp.receiving_key(),
             send_key: *kp.sending_key(),
-            send_counter: 0,
-            replay_next: 0,
-            replay_bitmap: [0; REPLAY_WORDS],
             birth_ns: ktime_ns(),
             remote_index: kp.remote_index(),
             peer_id: id,
             flags,
-            _pad: 0,
+            // Assigned by the data path.
+            slot: 0,
         };
         self.by_index.insert(kp.local_index(), id);
         if let Err(e) = self.dp.install_session(kp.local_index(), &s) {
@@ -43,7 +39,7 @@ impl Daemon {
     /// traffic on it (which confirms it).
     pub(super) fn next_confirmed(&self, id: u32) -> Option<u32> {
         let next = self.peers.get(&id)?.timers.keypairs.next()?.local_index;
-        match self.dp.session(next) {
+        match self.dp.session_state(next) {
             Ok(Some(s)) if s.replay_next > 0 => Some(next),
             _ => None,
         }

@@ -60,8 +60,20 @@ pub struct Status {
     pub sessions: usize,
     pub tunnel_mode: AttachMode,
     pub wan: Vec<(String, AttachMode)>,
+    /// The AF_XDP fast path, when it runs.
+    pub fast: Option<FastStatus>,
     /// Whether the pins outlive the daemon (a restart is hitless).
     pub pins: crate::persist::PinLifetime,
+}
+
+/// The fast path at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct FastStatus {
+    /// (device, queue, "zerocopy" or "copy") per socket on a WAN device.
+    pub modes: Vec<(String, u32, &'static str)>,
+    /// Per worker: (queue, rx packets, rx bytes, tx packets, tx bytes).
+    pub workers: Vec<(u32, u64, u64, u64, u64)>,
+    pub socket_drops: crate::fastpath::SocketDrops,
 }
 
 impl Daemon {
@@ -93,12 +105,37 @@ impl Daemon {
             interface: self.link.name.clone(),
             listen_port: self.listen_port,
             peers: self.status(),
-            counters: self.dp.counters().unwrap_or_default(),
+            counters: self.counters().unwrap_or_default(),
             per_cpu: self.dp.counters_per_cpu().unwrap_or_default(),
             handshakes: self.hs_stats.clone(),
             sessions: self.by_index.len(),
             tunnel_mode: self.tunnel_mode,
             wan: self.wan.clone(),
+            fast: self.fast_path().map(|f| {
+                use std::sync::atomic::Ordering::Relaxed;
+                FastStatus {
+                    modes: f
+                        .modes()
+                        .iter()
+                        .map(|m| (m.ifname.clone(), m.queue, m.mode))
+                        .collect(),
+                    workers: f
+                        .shared()
+                        .stats
+                        .iter()
+                        .map(|w| {
+                            (
+                                w.queue,
+                                w.rx_packets.load(Relaxed),
+                                w.rx_bytes.load(Relaxed),
+                                w.tx_packets.load(Relaxed),
+                                w.tx_bytes.load(Relaxed),
+                            )
+                        })
+                        .collect(),
+                    socket_drops: f.socket_drops(),
+                }
+            }),
             pins: self.pins.clone(),
         }
     }
@@ -108,10 +145,7 @@ impl Daemon {
         let mut items = vec![
             ("pins", self.pins.describe()),
             ("hitless_restart", u8::from(self.pins.hitless()).to_string()),
-            (
-                "data_path",
-                "bpf (XDP, ChaCha20-Poly1305 in BPF)".to_owned(),
-            ),
+            ("data_path", self.data_path_description()),
             ("tunnel_xdp", self.tunnel_mode.to_string()),
         ];
         for (dev, mode) in &self.wan {
