@@ -11,6 +11,7 @@
 //! - every wait has a timeout.
 
 pub mod appliance;
+pub mod daemon;
 pub mod impair;
 pub mod packet;
 pub mod peers;

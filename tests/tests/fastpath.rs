@@ -13,13 +13,15 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use wg_appliance::{config::DataPathSetting, keys::PrivateKey};
 use wg_appliance_tests::{
-    appliance_bin, netns_unavailable,
+    appliance_bin,
+    daemon::{write_secret, ForegroundDaemon},
+    netns_unavailable,
     peers::{Impl, ThirdParty},
     proc::{iperf3, tcp_exact, Proto},
     skip,
@@ -164,40 +166,6 @@ fn fastpath_one_end_each_appliance() {
     assert_eq!(r.counters.get(Counter::RxSteered), 0);
 }
 
-/// A foreground daemon (the binary) whose stderr goes to a file; SIGKILLed
-/// on drop.
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, conf: &std::path::Path, log: std::path::PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(appliance_bin().expect("binary"))
-            .args(["up", "--foreground"])
-            .arg(conf)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start wg-appliance");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The BPF counters from the pinned STATS map (they outlive a daemon).
 fn bpf_counters(ns: &Netns, ifname: &str) -> wg_appliance::datapath::Counters {
     use std::os::unix::fs::MetadataExt as _;
@@ -271,17 +239,7 @@ fn fastpath_kill_9_falls_back_to_bpf_and_comes_back() {
         veth.a,
         peer_key.public_key().to_base64()
     );
-    {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)
-            .expect("conf");
-        f.write_all(text.as_bytes()).expect("write");
-    }
+    write_secret(&conf, &text).expect("conf");
     let tp = ThirdParty::start(
         Impl::WireguardGo,
         &peer_ns,
@@ -293,7 +251,14 @@ fn fastpath_kill_9_falls_back_to_bpf_and_comes_back() {
     tp.add_peer(&peer_ns, &gw_key.public_key(), None, "10.122.0.1/32")
         .expect("peer config");
 
-    let first = Daemon::start(&gw, &conf, dir.join("first.log"));
+    let first = ForegroundDaemon::up(
+        &gw,
+        &[],
+        &appliance_bin().expect("binary"),
+        &conf,
+        &dir.join("first.log"),
+    )
+    .expect("start");
     wait_until(Duration::from_secs(15), "a first handshake", || {
         gw.exec("ping", &["-c", "1", "-W", "1", "10.122.0.2"])
             .is_ok()
@@ -354,7 +319,14 @@ fn fastpath_kill_9_falls_back_to_bpf_and_comes_back() {
     let c2 = bpf_counters(&gw, &ifname);
     std::thread::sleep(Duration::from_millis(1500));
     let c3 = bpf_counters(&gw, &ifname);
-    let second = Daemon::start(&gw, &conf, dir.join("second.log"));
+    let second = ForegroundDaemon::up(
+        &gw,
+        &[],
+        &appliance_bin().expect("binary"),
+        &conf,
+        &dir.join("second.log"),
+    )
+    .expect("start");
     wait_until(
         Duration::from_secs(10),
         "the new daemon's fast path",

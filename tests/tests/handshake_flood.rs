@@ -11,7 +11,6 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -25,7 +24,9 @@ use wg_appliance::{
     noise::{Handshake, Identity, Tai64N},
 };
 use wg_appliance_tests::{
-    appliance_bin, netns_unavailable,
+    appliance_bin,
+    daemon::{rss_kib, write_secret, CliCleanup, ForegroundDaemon},
+    netns_unavailable,
     peers::{Impl, ThirdParty},
     skip, unique_name, wait_until, Netns, Veth,
 };
@@ -34,33 +35,6 @@ use wg_appliance_tests::{
 const SOURCES: u8 = 40;
 /// Initiations a second from each of the two generator threads.
 const FLOOD_PER_THREAD: u64 = 2_500;
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Cleanup(String, std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn metric(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
@@ -102,37 +76,24 @@ fn handshake_flood_cookies_and_a_legitimate_peer_gets_through() {
     let ifname = unique_name("h");
     let dir = std::env::temp_dir().join(format!("wgt-hsflood-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = Cleanup(ifname.clone(), dir.clone());
+    let _cleanup = CliCleanup {
+        ifname: ifname.clone(),
+        dir: dir.clone(),
+    };
     let conf = dir.join(format!("{ifname}.conf"));
-    {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)
-            .expect("conf");
-        write!(
-            f,
+    write_secret(
+        &conf,
+        &format!(
             "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.108.0.1/24\n\n[Appliance]\nMetrics = 127.0.0.1:9599\nWAN = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.108.0.2/32\n",
             &*gw_key.to_base64(),
             veth.a,
             peer_key.public_key().to_base64()
-        )
-        .expect("write");
-    }
-    let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
-    let daemon = Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", gw.name(), b, "up", "--foreground"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("daemon"),
-    );
-    let pid = daemon.0.id();
+        ),
+    )
+    .expect("conf");
+    let daemon =
+        ForegroundDaemon::up(&gw, &[], &bin, &conf, &dir.join("daemon.log")).expect("daemon");
+    let pid = daemon.pid();
     let scrape = || {
         let t = Instant::now();
         let out = gw

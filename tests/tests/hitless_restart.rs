@@ -4,72 +4,21 @@
 //! on time; `down` then removes everything (pins, state, links).
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use wg_appliance::keys::PrivateKey;
 use wg_appliance_tests::{
-    appliance_bin, netns_unavailable,
+    appliance_bin,
+    daemon::{write_secret, ForegroundDaemon},
+    netns_unavailable,
     peers::{Impl, ThirdParty},
     skip, unique_name, wait_until, Netns, Veth,
 };
 
-/// A foreground daemon whose stderr goes to a file; SIGKILLed on drop.
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(
-        ns: &Netns,
-        bin: &std::path::Path,
-        conf: &std::path::Path,
-        log: std::path::PathBuf,
-    ) -> Self {
-        Self::start_with_env(ns, bin, conf, log, &[])
-    }
-
-    /// `env` entries (`NAME=value`) go before the command.
-    fn start_with_env(
-        ns: &Netns,
-        bin: &std::path::Path,
-        conf: &std::path::Path,
-        log: std::path::PathBuf,
-        env: &[&str],
-    ) -> Self {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns.name(),
-                "env",
-                "WG_APPLIANCE_TEST_REKEY_AFTER_SECS=5",
-            ])
-            .args(env)
-            .arg(bin)
-            .args(["up", "--foreground"])
-            .arg(conf)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start wg-appliance");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The daemon rekeys 5 s after a handshake (test hook).
+const REKEY: &str = "WG_APPLIANCE_TEST_REKEY_AFTER_SECS=5";
 
 /// Removes the UAPI socket on drop, which stops any daemon of `ifname`.
 struct SocketGuard(String);
@@ -106,17 +55,7 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
         veth.a,
         peer_key.public_key().to_base64()
     );
-    {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)
-            .expect("conf");
-        f.write_all(text.as_bytes()).expect("write");
-    }
+    write_secret(&conf, &text).expect("conf");
     let tp = ThirdParty::start(
         Impl::WireguardGo,
         &peer_ns,
@@ -128,7 +67,8 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
     tp.add_peer(&peer_ns, &gw_key.public_key(), None, "10.102.0.1/32")
         .expect("peer config");
 
-    let first = Daemon::start(&gw, &bin, &conf, dir.join("first.log"));
+    let first =
+        ForegroundDaemon::up(&gw, &[REKEY], &bin, &conf, &dir.join("first.log")).expect("start");
     wait_until(Duration::from_secs(15), "the interface", || {
         gw.ip(&["link", "show", &ifname]).is_ok()
     })
@@ -185,7 +125,8 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
     std::thread::sleep(Duration::from_millis(2500));
     drop(first); // SIGKILL: nothing of ours runs its cleanup.
     std::thread::sleep(Duration::from_millis(1500));
-    let second = Daemon::start(&gw, &bin, &conf, dir.join("second.log"));
+    let second =
+        ForegroundDaemon::up(&gw, &[REKEY], &bin, &conf, &dir.join("second.log")).expect("start");
     wait_until(
         Duration::from_secs(10),
         "the new daemon to adopt the data path",
@@ -361,17 +302,7 @@ fn pins_case(host_mounted: bool) {
         veth.a,
         peer_key.public_key().to_base64()
     );
-    {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)
-            .expect("conf");
-        f.write_all(text.as_bytes()).expect("write");
-    }
+    write_secret(&conf, &text).expect("conf");
     let tp = ThirdParty::start(
         Impl::WireguardGo,
         &peer_ns,
@@ -387,7 +318,8 @@ fn pins_case(host_mounted: bool) {
             .is_ok()
     };
 
-    let first = Daemon::start_with_env(&gw, &bin, &conf, run.0.join("first.log"), &[&env]);
+    let first = ForegroundDaemon::up(&gw, &[REKEY, &env], &bin, &conf, &run.0.join("first.log"))
+        .expect("start");
     wait_until(Duration::from_secs(15), "the tunnel", || ping("1"))
         .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", first.log()));
     // Where PID 1's mount namespace can be entered, the daemon mounts its
@@ -435,7 +367,8 @@ fn pins_case(host_mounted: bool) {
     );
 
     drop(first); // SIGKILL
-    let second = Daemon::start_with_env(&gw, &bin, &conf, run.0.join("second.log"), &[&env]);
+    let second = ForegroundDaemon::up(&gw, &[REKEY, &env], &bin, &conf, &run.0.join("second.log"))
+        .expect("start");
     let expect = if hitless {
         "adopted the running data path"
     } else {

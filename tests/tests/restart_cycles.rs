@@ -13,16 +13,13 @@
 //! cover them; the machine-wide bpftool counts are printed too, but not
 //! compared: other tests may run meanwhile.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command, time::Duration};
 
 use wg_appliance::keys::PrivateKey;
 use wg_appliance_tests::{
-    appliance_bin, netns_unavailable,
+    appliance_bin,
+    daemon::{rss_kib, write_secret, CliCleanup, ForegroundDaemon},
+    netns_unavailable,
     peers::{Impl, ThirdParty},
     skip, unique_name, wait_until, Netns, Veth,
 };
@@ -88,51 +85,6 @@ fn resources(ns: &Netns, ifname: &str) -> Resources {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A foreground daemon, SIGKILLed on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(ns: &Netns, bin: &Path, args: &[&str], log: &Path) -> Self {
-        let file = std::fs::File::create(log).expect("log");
-        Daemon(
-            Command::new("ip")
-                .args(["netns", "exec", ns.name()])
-                .arg(bin)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(file)
-                .spawn()
-                .expect("daemon"),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Cleanup(String, PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
-        let _ = std::fs::remove_file(format!("/var/log/wg-appliance/{}.log", self.0));
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
 #[test]
 fn up_down_and_kill_restart_cycles_leave_nothing() {
     if let Some(why) = netns_unavailable() {
@@ -152,26 +104,21 @@ fn up_down_and_kill_restart_cycles_leave_nothing() {
     let ifname = unique_name("c");
     let dir = std::env::temp_dir().join(format!("wgt-cycles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = Cleanup(ifname.clone(), dir.clone());
+    let _cleanup = CliCleanup {
+        ifname: ifname.clone(),
+        dir: dir.clone(),
+    };
     let conf = dir.join(format!("{ifname}.conf"));
-    {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)
-            .expect("conf");
-        write!(
-            f,
+    write_secret(
+        &conf,
+        &format!(
             "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.110.0.1/24\n\n[Appliance]\nMetrics = off\nWAN = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = 10.109.0.2:51821\nAllowedIPs = 10.110.0.2/32\n",
             &*gw_key.to_base64(),
             veth.a,
             peer_key.public_key().to_base64()
-        )
-        .expect("write");
-    }
+        ),
+    )
+    .expect("conf");
     let c = conf.to_str().expect("conf");
     let tp = ThirdParty::start(
         Impl::WireguardGo,
@@ -223,13 +170,15 @@ fn up_down_and_kill_restart_cycles_leave_nothing() {
         let d = match moment {
             // Right after start: before the interface may even exist.
             0 => {
-                let d = Daemon::start(&gw, &bin, &["up", "--foreground", c], &log);
+                let d = ForegroundDaemon::start(&gw, &[], &bin, &["up", "--foreground", c], &log)
+                    .expect("start");
                 std::thread::sleep(Duration::from_millis(30 * (i as u64 % 5)));
                 d
             }
             // Before any configuration: an empty interface for `wg`.
             1 => {
-                let d = Daemon::start(&gw, &bin, &["run", &ifname], &log);
+                let d = ForegroundDaemon::start(&gw, &[], &bin, &["run", &ifname], &log)
+                    .expect("start");
                 wait_until(Duration::from_secs(15), "the empty interface", || {
                     gw.ip(&["link", "show", &ifname]).is_ok()
                 })
@@ -238,7 +187,8 @@ fn up_down_and_kill_restart_cycles_leave_nothing() {
             }
             // Mid-handshake: the first ping starts one.
             2 => {
-                let d = Daemon::start(&gw, &bin, &["up", "--foreground", c], &log);
+                let d = ForegroundDaemon::start(&gw, &[], &bin, &["up", "--foreground", c], &log)
+                    .expect("start");
                 wait_until(Duration::from_secs(15), "the interface", || {
                     gw.ip(&["link", "show", &ifname]).is_ok()
                 })
@@ -248,7 +198,8 @@ fn up_down_and_kill_restart_cycles_leave_nothing() {
             }
             // Under traffic.
             _ => {
-                let d = Daemon::start(&gw, &bin, &["up", "--foreground", c], &log);
+                let d = ForegroundDaemon::start(&gw, &[], &bin, &["up", "--foreground", c], &log)
+                    .expect("start");
                 wait_until(Duration::from_secs(15), "traffic", || ping("1")).unwrap_or_else(|e| {
                     panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default())
                 });
@@ -257,7 +208,8 @@ fn up_down_and_kill_restart_cycles_leave_nothing() {
         };
         drop(d); // kill -9
                  // The next start must come up whatever was left, and carry traffic.
-        let next = Daemon::start(&gw, &bin, &["up", "--foreground", c], &log);
+        let next = ForegroundDaemon::start(&gw, &[], &bin, &["up", "--foreground", c], &log)
+            .expect("start");
         // Ready: its UAPI socket answers (the killed daemon's may still be
         // there, and an adopted data path forwards even before), and
         // traffic crosses.
@@ -271,7 +223,7 @@ fn up_down_and_kill_restart_cycles_leave_nothing() {
                 std::fs::read_to_string(&log).unwrap_or_default()
             )
         });
-        let rss = rss_kib(next.0.id());
+        let rss = rss_kib(next.pid());
         if i == 0 {
             first_rss = rss;
         }

@@ -8,62 +8,24 @@
 use std::{
     collections::BTreeSet,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap, Map, MapData};
 use wg_appliance::keys::{PresharedKey, PrivateKey};
 use wg_appliance_tests::{
-    appliance_bin, netns_unavailable,
+    appliance_bin,
+    daemon::{write_secret, CliCleanup, ForegroundDaemon},
+    netns_unavailable,
     peers::{Impl, ThirdParty},
     skip, unique_name, wait_until, Netns, Veth,
 };
 use wg_ebpf_common::maps::Session;
 
-/// A foreground daemon at trace level, stderr to a file; SIGKILLed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, bin: &Path, conf: &Path, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "env", "RUST_LOG=trace"])
-            .arg("WG_APPLIANCE_TEST_REKEY_AFTER_SECS=4")
-            .arg(bin)
-            .args(["up", "--foreground"])
-            .arg(conf)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start wg-appliance");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Cleanup(String, PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
+/// The daemon at trace level, rekeying after 4 s.
+const ENV: &[&str] = &["RUST_LOG=trace", "WG_APPLIANCE_TEST_REKEY_AFTER_SECS=4"];
 
 /// Every way a 32-byte secret could be printed.
 fn renderings(k: &[u8; 32]) -> Vec<String> {
@@ -117,7 +79,10 @@ fn no_secret_in_any_output_at_trace_level() {
     let ifname = unique_name("s");
     let dir = std::env::temp_dir().join(format!("wgt-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = Cleanup(ifname.clone(), dir.clone());
+    let _cleanup = CliCleanup {
+        ifname: ifname.clone(),
+        dir: dir.clone(),
+    };
     let conf = dir.join(format!("{ifname}.conf"));
     let text = format!(
         "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.106.0.1/24\n\n[Appliance]\nMetrics = 127.0.0.1:9598\nWAN = {}\n\n[Peer]\nPublicKey = {}\nPresharedKey = {}\nEndpoint = 10.105.0.2:51821\nAllowedIPs = 10.106.0.2/32\n",
@@ -126,17 +91,7 @@ fn no_secret_in_any_output_at_trace_level() {
         peer_key.public_key().to_base64(),
         &*psk.to_base64(),
     );
-    {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)
-            .expect("conf");
-        f.write_all(text.as_bytes()).expect("write");
-    }
+    write_secret(&conf, &text).expect("conf");
     let tp = ThirdParty::start(
         Impl::WireguardGo,
         &peer_ns,
@@ -169,7 +124,7 @@ fn no_secret_in_any_output_at_trace_level() {
 
     let mut outputs: Vec<(String, String)> = Vec::new();
     let mut session: BTreeSet<[u8; 32]> = BTreeSet::new();
-    let first = Daemon::start(&gw, &bin, &conf, dir.join("first.log"));
+    let first = ForegroundDaemon::up(&gw, ENV, &bin, &conf, &dir.join("first.log")).expect("start");
     wait_until(Duration::from_secs(15), "the tunnel (with a PSK)", &ping)
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", first.log()));
     session.extend(session_keys(&gw, &ifname));
@@ -201,7 +156,8 @@ fn no_secret_in_any_output_at_trace_level() {
         "first daemon's log".into(),
         std::fs::read_to_string(dir.join("first.log")).expect("log"),
     ));
-    let second = Daemon::start(&gw, &bin, &conf, dir.join("second.log"));
+    let second =
+        ForegroundDaemon::up(&gw, ENV, &bin, &conf, &dir.join("second.log")).expect("start");
     wait_until(Duration::from_secs(15), "adoption", || {
         second.log().contains("adopted the running data path")
     })
