@@ -125,8 +125,7 @@ impl PrivateKey {
 
     /// The matching public key (`wg pubkey`).
     pub fn public_key(&self) -> PublicKey {
-        let secret = self.to_static_secret();
-        PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes())
+        PublicKey(self.to_dh_secret().public())
     }
 
     /// Base64 as `wg` prints it; zeroed when dropped.
@@ -134,8 +133,8 @@ impl PrivateKey {
         Zeroizing::new(encode_key(&self.0))
     }
 
-    pub(crate) fn to_static_secret(&self) -> x25519_dalek::StaticSecret {
-        x25519_dalek::StaticSecret::from(self.0)
+    pub(crate) fn to_dh_secret(&self) -> crate::crypto::DhSecret {
+        crate::crypto::DhSecret::from_bytes(&self.0)
     }
 }
 

@@ -25,11 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use rand_core::{CryptoRng, RngCore};
-use x25519_dalek::StaticSecret;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::cookie::CookieJar;
-use crate::crypto::{aead_nonce, hash, kdf, CONSTRUCTION, HASH_LEN, IDENTIFIER};
+use crate::crypto::{aead_nonce, hash, kdf, DhSecret, CONSTRUCTION, HASH_LEN, IDENTIFIER};
 use crate::framing::{expect_fixed, fixed, FramingError};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey, KEY_LEN};
 
@@ -83,13 +82,16 @@ fn open(key: &[u8; 32], buf: &mut [u8], tag: &[u8; TAG_LEN], aad: &[u8]) -> Resu
         .map_err(|_| NoiseError::DecryptFailed)
 }
 
-fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, NoiseError> {
-    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
+fn dh(secret: &DhSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, NoiseError> {
     // An all-zero result means a low-order point: the driver refuses it.
-    if !shared.was_contributory() {
-        return Err(NoiseError::WeakPublicKey);
-    }
-    Ok(Zeroizing::new(shared.to_bytes()))
+    secret.dh(public).ok_or(NoiseError::WeakPublicKey)
+}
+
+/// A fresh ephemeral key and its public half.
+fn ephemeral<R: RngCore + CryptoRng>(rng: &mut R) -> (DhSecret, [u8; 32]) {
+    let e = DhSecret::random(rng);
+    let e_pub = e.public();
+    (e, e_pub)
 }
 
 /// Chaining key and hash before any key is mixed in: HASH(CONSTRUCTION) and
@@ -262,14 +264,14 @@ impl fmt::Debug for Tai64N {
 /// values every responder step needs.
 #[derive(Clone)]
 pub struct Identity {
-    secret: StaticSecret,
+    secret: DhSecret,
     public: PublicKey,
 }
 
 impl Identity {
     pub fn new(private: &PrivateKey) -> Self {
         Identity {
-            secret: private.to_static_secret(),
+            secret: private.to_dh_secret(),
             public: private.public_key(),
         }
     }
@@ -443,8 +445,7 @@ impl Responder {
         msg[RESP_SENDER..RESP_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
         msg[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&self.remote_index.to_le_bytes());
 
-        let e = StaticSecret::random_from_rng(&mut *rng);
-        let e_pub = x25519_dalek::PublicKey::from(&e).to_bytes();
+        let (e, e_pub) = ephemeral(rng);
         msg[RESP_EPHEMERAL..RESP_EPHEMERAL + 32].copy_from_slice(&e_pub);
         let [ck, _, _] = kdf(&self.chaining_key, &e_pub);
         let h = hash(&[&self.hash, &e_pub]);
@@ -463,6 +464,46 @@ impl Responder {
     }
 }
 
+/// An ephemeral key kept for many initiations to one responder, with its
+/// DH against the responder's static key computed once.
+///
+/// For load generation only (`wg-appliance bench --workloads handshakes`):
+/// initiations that share an ephemeral key lose forward secrecy between
+/// them, so no tunnel ever uses one. The responder cannot tell and does its
+/// full work for each; the generator saves a key generation and a DH per
+/// initiation and spends its CPU on verifying the responses (two DH each),
+/// which lets it drive a responder harder on the same cores.
+pub struct ReusedEphemeral {
+    secret: DhSecret,
+    public: [u8; 32],
+    responder: PublicKey,
+    es: Zeroizing<[u8; 32]>,
+}
+
+impl ReusedEphemeral {
+    pub fn new<R: RngCore + CryptoRng>(
+        rng: &mut R,
+        responder: PublicKey,
+    ) -> Result<Self, NoiseError> {
+        let (secret, public) = ephemeral(rng);
+        let es = dh(&secret, responder.as_bytes())?;
+        Ok(ReusedEphemeral {
+            secret,
+            public,
+            responder,
+            es,
+        })
+    }
+}
+
+impl fmt::Debug for ReusedEphemeral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReusedEphemeral")
+            .field("responder", &self.responder)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Per-peer handshake state for both roles, plus the peer's cookie jar
 /// (which writes mac1/mac2 on our messages to that peer).
 pub struct Handshake {
@@ -474,7 +515,7 @@ pub struct Handshake {
     state: HandshakeState,
     chaining_key: Zeroizing<[u8; HASH_LEN]>,
     hash: [u8; HASH_LEN],
-    ephemeral: Option<StaticSecret>,
+    ephemeral: Option<DhSecret>,
     remote_ephemeral: [u8; 32],
     local_index: u32,
     remote_index: u32,
@@ -556,6 +597,49 @@ impl Handshake {
         local_index: u32,
         now: Duration,
     ) -> Result<[u8; HANDSHAKE_INITIATION_LEN], NoiseError> {
+        if self.static_static.is_none() {
+            return Err(NoiseError::NoStaticSharedSecret);
+        }
+        let (e, e_pub) = ephemeral(rng);
+        let es = dh(&e, self.peer.as_bytes())?;
+        self.initiation_with(e, e_pub, &es, timestamp, local_index, now)
+    }
+
+    /// [`Handshake::create_initiation`] with an ephemeral key shared by many
+    /// initiations to this responder, and its DH computed once: for load
+    /// generation only (see [`ReusedEphemeral`]).
+    pub fn create_initiation_reusing(
+        &mut self,
+        eph: &ReusedEphemeral,
+        timestamp: Tai64N,
+        local_index: u32,
+        now: Duration,
+    ) -> Result<[u8; HANDSHAKE_INITIATION_LEN], NoiseError> {
+        if eph.responder != self.peer {
+            return Err(NoiseError::WrongPeer {
+                expected: self.peer,
+                got: eph.responder,
+            });
+        }
+        self.initiation_with(
+            eph.secret.clone(),
+            eph.public,
+            &eph.es,
+            timestamp,
+            local_index,
+            now,
+        )
+    }
+
+    fn initiation_with(
+        &mut self,
+        e: DhSecret,
+        e_pub: [u8; 32],
+        es: &[u8; 32],
+        timestamp: Tai64N,
+        local_index: u32,
+        now: Duration,
+    ) -> Result<[u8; HANDSHAKE_INITIATION_LEN], NoiseError> {
         let ss = self
             .static_static
             .clone()
@@ -566,13 +650,10 @@ impl Handshake {
 
         let (ck0, h0) = initial_chain();
         let h = hash(&[&h0, self.peer.as_bytes()]);
-        let e = StaticSecret::random_from_rng(&mut *rng);
-        let e_pub = x25519_dalek::PublicKey::from(&e).to_bytes();
         msg[INIT_EPHEMERAL..INIT_EPHEMERAL + 32].copy_from_slice(&e_pub);
         let [ck, _, _] = kdf(&ck0, &e_pub);
         let h = hash(&[&h, &e_pub]);
 
-        let es = dh(&e, self.peer.as_bytes())?;
         let [ck, k, _] = kdf(&ck, &es[..]);
         let (body, tag) = msg[INIT_STATIC..INIT_TIMESTAMP].split_at_mut(KEY_LEN);
         body.copy_from_slice(self.local.public.as_bytes());

@@ -30,7 +30,7 @@ use rand_core::OsRng;
 
 use crate::{
     keys::PublicKey,
-    noise::{self, Handshake, Identity, Message, Tai64N},
+    noise::{self, Handshake, Identity, Message, ReusedEphemeral, Tai64N},
 };
 
 /// The junk datagrams: every one of them must be dropped by a WireGuard
@@ -200,6 +200,8 @@ pub struct Window {
     in_flight: HashMap<u32, (usize, Instant)>,
     /// When each identity last sent an initiation.
     last_sent: Vec<Option<Instant>>,
+    /// Whether each identity has an initiation in flight.
+    busy: Vec<bool>,
     next_index: u32,
     cursor: usize,
 }
@@ -209,6 +211,7 @@ impl Window {
         Self {
             in_flight: HashMap::new(),
             last_sent: vec![None; identities],
+            busy: vec![false; identities],
             next_index: 1,
             cursor: 0,
         }
@@ -229,14 +232,14 @@ impl Window {
         let n = self.last_sent.len();
         for k in 0..n {
             let peer = (self.cursor + k) % n;
-            let busy = self.in_flight.values().any(|(p, _)| *p == peer);
             let ready = self.last_sent[peer].is_none_or(|t| now.duration_since(t) >= gap);
-            if ready && !busy {
+            if ready && !self.busy[peer] {
                 self.cursor = (peer + 1) % n;
                 let idx = self.next_index;
                 self.next_index = self.next_index.wrapping_add(1).max(1);
                 self.in_flight.insert(idx, (peer, now));
                 self.last_sent[peer] = Some(now);
+                self.busy[peer] = true;
                 return Some((peer, idx));
             }
         }
@@ -246,7 +249,9 @@ impl Window {
     /// The identity whose initiation used sender index `idx`, removed from
     /// the window.
     pub fn finish(&mut self, idx: u32) -> Option<usize> {
-        self.in_flight.remove(&idx).map(|(p, _)| p)
+        let (p, _) = self.in_flight.remove(&idx)?;
+        self.busy[p] = false;
+        Some(p)
     }
 
     /// The identity of `idx` without removing it.
@@ -257,8 +262,14 @@ impl Window {
     /// Drops initiations older than `timeout`; how many.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> u64 {
         let before = self.in_flight.len();
-        self.in_flight
-            .retain(|_, (_, t)| now.duration_since(*t) < timeout);
+        let busy = &mut self.busy;
+        self.in_flight.retain(|_, (p, t)| {
+            let keep = now.duration_since(*t) < timeout;
+            if !keep {
+                busy[*p] = false;
+            }
+            keep
+        });
         (before - self.in_flight.len()) as u64
     }
 }
@@ -329,7 +340,12 @@ pub fn handshakes(
         bail!("no client identities or source addresses");
     }
     let sock = UdpSocket::bind("0.0.0.0:0").context("binding the handshake generator's socket")?;
-    sock.set_read_timeout(Some(Duration::from_millis(2)))?;
+    sock.set_nonblocking(true)?;
+    // One ephemeral key for every initiation: the generator then spends its
+    // CPU on verifying responses, not on building initiations, and drives
+    // the server harder on these two cores (see noise::ReusedEphemeral).
+    let eph =
+        ReusedEphemeral::new(&mut OsRng, server_pk).context("the generator's ephemeral key")?;
     let mut hs: Vec<Handshake> = identities
         .iter()
         .map(|id| Handshake::new(id, server_pk, None))
@@ -349,8 +365,8 @@ pub fn handshakes(
                 break;
             };
             let init = hs[peer]
-                .create_initiation(
-                    &mut OsRng,
+                .create_initiation_reusing(
+                    &eph,
                     Tai64N::from_system_time(SystemTime::now()),
                     idx,
                     start.elapsed(),
@@ -361,7 +377,8 @@ pub fn handshakes(
                 rep.initiations += 1;
             }
         }
-        // Drain what arrived; a short timeout when nothing did.
+        // Wait up to 2 ms for a response, then drain what arrived.
+        wait_readable(&sock, Duration::from_millis(2));
         loop {
             let n = match sock.recv_from(&mut buf) {
                 Ok((n, from)) if from == SocketAddr::V4(target) => n,
@@ -398,12 +415,22 @@ pub fn handshakes(
                 }
                 _ => {}
             }
-            sock.set_nonblocking(true)?;
         }
-        sock.set_nonblocking(false)?;
     }
     rep.elapsed = start.elapsed();
     Ok(rep)
+}
+
+/// Blocks until `sock` is readable or `timeout` passes.
+fn wait_readable(sock: &UdpSocket, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 /// utime + stime (clock ticks) of a process from `/proc/<pid>/stat` text.
@@ -582,5 +609,10 @@ mod tests {
         );
         assert_eq!(w.len(), 1);
         assert!(!w.is_empty());
+        // An expired identity is free again; d's (1) is still busy.
+        let later = t0 + Duration::from_millis(200);
+        assert_eq!(w.start(later, gap).map(|(p, _)| p), Some(2));
+        assert_eq!(w.start(later, gap).map(|(p, _)| p), Some(0));
+        assert_eq!(w.start(later, gap), None);
     }
 }

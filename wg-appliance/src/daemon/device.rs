@@ -262,7 +262,7 @@ impl Daemon {
                 d.allowed.insert(*net, id);
             }
             tracing::info!(peer = %st.spec.public_key.short(), id, "peer adopted");
-            d.peers.insert(id, st);
+            d.insert_peer(id, st);
         }
         tracing::info!(
             interface = %d.link.name,
@@ -290,6 +290,7 @@ impl Daemon {
             checker: None,
             load: LoadDetector::new(),
             peers: BTreeMap::new(),
+            by_key: HashMap::new(),
             allowed: AllowedIps::new(),
             by_index: HashMap::new(),
             sock: p.sock,
@@ -304,6 +305,8 @@ impl Daemon {
             hs_pool: super::hs_pool::HandshakePool::new(workers, done_tx),
             hs_done,
             hs_limited_seen: 0,
+            hs_limited_at: None,
+            hs_rate_limited: false,
             ticks: 0,
             cmd_tx,
             cmd_rx,

@@ -13,6 +13,20 @@ use wg_ebpf_common::maps::{
 };
 
 use super::hs_pool::{Done, Job, UNDER_LOAD_QUEUED};
+
+/// Logs a completed handshake: at info the first time for a peer, at debug
+/// for the rekeys after it (every two minutes per peer, thousands a second
+/// under a flood: not the operator's business at info).
+fn log_completed(handshakes: u64, peer: &str, src: SocketAddr, role: &'static str) {
+    if handshakes <= 1 {
+        tracing::info!(peer, endpoint = %src, "handshake completed ({role})");
+    } else {
+        tracing::debug!(peer, endpoint = %src, "handshake completed ({role})");
+    }
+}
+
+/// How often admission looks at the XDP handshake limiter's drop count.
+const LIMITER_LOOK: Duration = Duration::from_millis(10);
 use super::peers::BpfKeypair;
 use super::Daemon;
 use crate::{
@@ -205,7 +219,7 @@ impl Daemon {
         p.handshakes += 1;
         p.hs_rx_bytes += msg_len as u64;
         p.hs_tx_bytes += resp.len() as u64;
-        tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (responder)");
+        log_completed(p.handshakes, &peer_short, src, "responder");
         let mut acts = p.timers.handle(now, Event::HandshakeInitiationReceived);
         acts.extend(p.timers.handle(
             now,
@@ -252,7 +266,7 @@ impl Daemon {
         p.last_handshake = Some(SystemTime::now());
         p.handshakes += 1;
         p.hs_rx_bytes += m.len() as u64;
-        tracing::info!(peer = %peer_short, endpoint = %src, "handshake completed (initiator)");
+        log_completed(p.handshakes, &peer_short, src, "initiator");
         let local_index = keypair.local_index();
         let acts = p.timers.handle(
             now,
@@ -267,22 +281,10 @@ impl Daemon {
     /// mac1/mac2 and the cookie decision. Replies with a cookie when under
     /// load.
     async fn admit(&mut self, msg: &[u8], src: SocketAddr, now: Duration) -> bool {
-        // The XDP limiter dropping handshakes means someone floods us: answer
-        // with cookies (mac2) until it stops, as the protocol prescribes.
-        // One counter, not all of them: this runs for every handshake
-        // message, and reading all 37 (a syscall each) held the responder to
-        // ~3,100 handshakes/s against ~4,000 now (bench --workloads
-        // handshakes).
-        let limited = self
-            .dp
-            .counter(wg_ebpf_common::Counter::DropHandshakeRateLimited)
-            .unwrap_or(0);
-        let rate_limited = limited > self.hs_limited_seen;
-        self.hs_limited_seen = limited;
         let signal = LoadSignal {
             queued_handshakes: self.hs_pool.queued(),
             threshold: UNDER_LOAD_QUEUED,
-            rate_limited,
+            rate_limited: self.xdp_rate_limited(now),
         };
         let under_load = self.load.under_load(signal, now);
         let Some(checker) = self.checker.as_mut() else {
@@ -303,6 +305,28 @@ impl Daemon {
                 false
             }
         }
+    }
+
+    /// Whether the XDP limiter dropped handshakes lately: someone floods
+    /// us, so answer with cookies (mac2) until it stops, as the protocol
+    /// prescribes. The counter is one syscall to read; reading it for every
+    /// handshake message cost the responder ~5% of its rate, so it is read
+    /// at most once per [`LIMITER_LOOK`] and the answer kept meanwhile.
+    fn xdp_rate_limited(&mut self, now: Duration) -> bool {
+        if self
+            .hs_limited_at
+            .is_some_and(|at| now.saturating_sub(at) < LIMITER_LOOK)
+        {
+            return self.hs_rate_limited;
+        }
+        let limited = self
+            .dp
+            .counter(wg_ebpf_common::Counter::DropHandshakeRateLimited)
+            .unwrap_or(0);
+        self.hs_rate_limited = limited > self.hs_limited_seen;
+        self.hs_limited_seen = limited;
+        self.hs_limited_at = Some(now);
+        self.hs_rate_limited
     }
 
     /// A fresh local index for peer `id`, unique among live ones, never 0.

@@ -64,7 +64,7 @@ use crate::{
     allowed_ips::AllowedIps,
     cookie::{CookieChecker, LoadDetector},
     datapath::{AttachMode, Datapath},
-    keys::PrivateKey,
+    keys::{PrivateKey, PublicKey},
     link::{self, TunnelLink},
     noise::Identity,
     timers::Event,
@@ -118,6 +118,10 @@ pub struct Daemon {
     checker: Option<CookieChecker>,
     load: LoadDetector,
     peers: BTreeMap<u32, PeerState>,
+    /// Public key → peer id (an initiation names its peer by key; a linear
+    /// search cost O(peers) per handshake). Kept by `insert_peer` and
+    /// `take_peer`, the only ways in and out of `peers`.
+    by_key: HashMap<PublicKey, u32>,
     /// AllowedIPs prefix → peer id, the owners of the prefixes in the
     /// peers' specs (the data path's LPM tries hold the same).
     allowed: AllowedIps<u32>,
@@ -138,8 +142,12 @@ pub struct Daemon {
     /// The responder's expensive steps, off this task.
     hs_pool: hs_pool::HandshakePool,
     hs_done: mpsc::UnboundedReceiver<hs_pool::Done>,
-    /// Handshakes the XDP limiter had dropped at the last look.
+    /// Handshakes the XDP limiter had dropped at the last look, and when
+    /// that look was (monotonic).
     hs_limited_seen: u64,
+    hs_limited_at: Option<Duration>,
+    /// Whether the limiter's count rose at the last look.
+    hs_rate_limited: bool,
     ticks: u64,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,

@@ -131,7 +131,7 @@ impl Daemon {
             allowed_ips: Vec::new(),
             persistent_keepalive: None,
         });
-        self.peers.insert(id, state);
+        self.insert_peer(id, state);
         self.write_peer(id)?;
         tracing::info!(peer = %public_key.short(), id, "peer added");
         Ok(id)
@@ -168,10 +168,23 @@ impl Daemon {
     }
 
     pub(super) fn peer_id(&self, key: &PublicKey) -> Option<u32> {
-        self.peers
-            .iter()
-            .find(|(_, p)| p.spec.public_key == *key)
-            .map(|(id, _)| *id)
+        self.by_key.get(key).copied()
+    }
+
+    /// Adds peer `id` to the table and to the key index.
+    pub(super) fn insert_peer(&mut self, id: u32, state: PeerState) {
+        self.take_peer(id);
+        self.by_key.insert(state.spec.public_key, id);
+        self.peers.insert(id, state);
+    }
+
+    /// Removes peer `id` from the table and from the key index.
+    pub(super) fn take_peer(&mut self, id: u32) -> Option<PeerState> {
+        let p = self.peers.remove(&id)?;
+        if self.by_key.get(&p.spec.public_key) == Some(&id) {
+            self.by_key.remove(&p.spec.public_key);
+        }
+        Some(p)
     }
 
     /// Applies a full peer specification to peer `id`.
@@ -292,7 +305,7 @@ impl Daemon {
         }
         self.dp.set_current(id, 0)?;
         self.dp.set_peer(id, &BpfPeer::default())?;
-        if let Some(p) = self.peers.remove(&id) {
+        if let Some(p) = self.take_peer(id) {
             tracing::info!(peer = %p.spec.public_key.short(), "peer removed");
         }
         Ok(())

@@ -295,3 +295,31 @@ fn debug_output_hides_key_material() {
     assert!(!d.contains(&hex_byte), "{d}");
     assert!(d.contains("local_index"));
 }
+
+/// The load generator's shared ephemeral: every initiation built with it
+/// completes a full handshake with a responder that does all its work, and
+/// one made for another responder is refused.
+#[test]
+fn reused_ephemeral_initiations_complete_and_name_their_responder() {
+    let (mut a, mut b) = pair(None);
+    let eph = ReusedEphemeral::new(&mut OsRng, *b.id.public_key()).unwrap();
+    for when in [1u64, 2] {
+        let init =
+            a.hs.create_initiation_reusing(&eph, ts(when), 0x300 + when as u32, t(when * 1000))
+                .unwrap();
+        let opened = open_initiation(&b.id, &init).unwrap();
+        b.hs.consume_initiation(opened, t(when * 1000)).unwrap();
+        let (resp, kb) =
+            b.hs.create_response(&mut OsRng, 0x400 + when as u32, t(when * 1000))
+                .unwrap();
+        let ka = a.hs.consume_response(&resp).unwrap();
+        assert_eq!(ka.sending_key(), kb.receiving_key());
+        assert_eq!(ka.receiving_key(), kb.sending_key());
+    }
+    let other = Identity::new(&PrivateKey::generate());
+    let wrong = ReusedEphemeral::new(&mut OsRng, *other.public_key()).unwrap();
+    assert!(matches!(
+        a.hs.create_initiation_reusing(&wrong, ts(3), 1, t(3000)),
+        Err(NoiseError::WrongPeer { .. })
+    ));
+}
