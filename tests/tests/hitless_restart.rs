@@ -67,6 +67,7 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
     tp.add_peer(&peer_ns, &gw_key.public_key(), None, "10.102.0.1/32")
         .expect("peer config");
 
+    let t_start = Instant::now();
     let first =
         ForegroundDaemon::up(&gw, &[REKEY], &bin, &conf, &dir.join("first.log")).expect("start");
     wait_until(Duration::from_secs(15), "the interface", || {
@@ -133,6 +134,18 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
         || second.log().contains("adopted the running data path"),
     )
     .unwrap_or_else(|e| panic!("{e}; log:\n{}", second.log()));
+    // The interface key's age goes on from the first daemon's (saved
+    // state), not from the restart: the first one set it 4 s ago or more.
+    let key_age: u64 = wg_appliance::uapi_client::Client::new(&ifname)
+        .and_then(|c| c.appliance())
+        .ok()
+        .and_then(|a| a.get("private_key_age").and_then(|v| v.parse().ok()))
+        .expect("the key age over UAPI");
+    assert!(
+        key_age >= 3 && key_age <= t_start.elapsed().as_secs(),
+        "the key age after the restart is {key_age} s; the key was set {:?} ago",
+        t_start.elapsed()
+    );
     let out = client.join().expect("iperf3 thread");
     drop(server);
     println!("restart adopted after {:?}", t0.elapsed());

@@ -75,10 +75,22 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
     let psk_age = gauge_vec(
         &reg,
         "wg_appliance_peer_preshared_key_age_seconds",
-        "Seconds since the peer's preshared key was set (by the configuration, `wg set` or `wg-appliance rotate-psk`; a restarted daemon counts from its start); absent for peers without one",
+        "Seconds since the peer's preshared key was set (by the configuration, `wg set` or `wg-appliance rotate-psk`; kept across a hitless restart); absent for peers without one",
         &["interface", "public_key"],
     )?;
     let now = std::time::SystemTime::now();
+    let key_age = gauge_vec(
+        &reg,
+        "wg_appliance_interface_private_key_age_seconds",
+        "Seconds since the interface's private key was set (by the configuration or `wg set private-key`; kept across a hitless restart); absent while it has none",
+        &["interface"],
+    )?;
+    if let Some(t) = s.private_key_set_at {
+        let age = now.duration_since(t).map_or(0, |d| d.as_secs());
+        key_age
+            .with_label_values(&[ifc])
+            .set(i64::try_from(age).unwrap_or(i64::MAX));
+    }
     for p in &s.peers {
         if let Some(t) = p.psk_set_at {
             let age = now.duration_since(t).map_or(0, |d| d.as_secs());
@@ -379,6 +391,7 @@ mod tests {
             wan: Vec::new(),
             fast,
             pins: crate::persist::PinLifetime::OutlivesDaemon,
+            private_key_set_at: None,
         }
     }
 
@@ -386,6 +399,22 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    }
+
+    /// The interface key's age, in whole seconds since it was set; absent
+    /// without a key.
+    #[test]
+    fn interface_key_age() {
+        let mut st = status(None, 0, 0);
+        let text = render(&st, &FriendlyNames::new()).expect("render");
+        assert!(!text.contains("wg_appliance_interface_private_key_age_seconds{"));
+        st.private_key_set_at =
+            Some(std::time::SystemTime::now() - std::time::Duration::from_secs(90));
+        let text = render(&st, &FriendlyNames::new()).expect("render");
+        assert_eq!(
+            line(&text, "wg_appliance_interface_private_key_age_seconds{"),
+            r#"wg_appliance_interface_private_key_age_seconds{interface="wg0"} 90"#
+        );
     }
 
     /// Packets by path: the workers' share under afxdp, the rest under bpf.

@@ -318,6 +318,11 @@ pub struct SavedState {
     pub fwmark: u32,
     /// Peers with their data-path ids.
     pub peers: Vec<(u32, PeerSpec)>,
+    /// When the private key was set (UNIX seconds), so that its age
+    /// survives a restart.
+    pub private_key_set_at: Option<u64>,
+    /// When each peer's preshared key was set (UNIX seconds), by peer id.
+    pub psk_set_at: std::collections::BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,12 +347,18 @@ impl SavedState {
         if let Some(k) = &self.private_key {
             let _ = writeln!(s, "private_key={}", &*k.to_base64());
         }
+        if let Some(t) = self.private_key_set_at {
+            let _ = writeln!(s, "private_key_set_at={t}");
+        }
         let _ = writeln!(s, "listen_port={}", self.listen_port);
         let _ = writeln!(s, "fwmark={}", self.fwmark);
         for (id, p) in &self.peers {
             let _ = writeln!(s, "peer={id} {}", p.public_key.to_base64());
             if let Some(k) = &p.preshared_key {
                 let _ = writeln!(s, "preshared_key={}", &*k.to_base64());
+            }
+            if let Some(t) = self.psk_set_at.get(id) {
+                let _ = writeln!(s, "preshared_key_set_at={t}");
             }
             if let Some(e) = p.endpoint {
                 let _ = writeln!(s, "endpoint={e}");
@@ -399,6 +410,8 @@ impl SavedState {
             listen_port: 0,
             fwmark: 0,
             peers: Vec::new(),
+            private_key_set_at: None,
+            psk_set_at: std::collections::BTreeMap::new(),
         };
         for (i, line) in text.lines().enumerate() {
             let bad = |what: &str| StateError::Bad {
@@ -409,8 +422,18 @@ impl SavedState {
             let Some((k, v)) = line.split_once('=') else {
                 continue;
             };
+            let peer_id = st.peers.last().map(|(id, _)| *id);
             let peer = st.peers.last_mut().map(|(_, p)| p);
             match (k, peer) {
+                ("private_key_set_at", _) => {
+                    st.private_key_set_at = Some(v.parse().map_err(|_| bad("bad time"))?)
+                }
+                ("preshared_key_set_at", Some(_)) => {
+                    let t = v.parse().map_err(|_| bad("bad time"))?;
+                    if let Some(id) = peer_id {
+                        st.psk_set_at.insert(id, t);
+                    }
+                }
                 ("private_key", _) => {
                     st.private_key = Some(v.parse().map_err(|_| bad("bad private key"))?)
                 }
@@ -476,12 +499,16 @@ mod tests {
             listen_port: 51820,
             fwmark: 7,
             peers: vec![(3, peer)],
+            private_key_set_at: Some(1_700_000_000),
+            psk_set_at: [(3, 1_700_000_123)].into_iter().collect(),
         };
         st.save(&path).expect("save");
         let meta = std::fs::metadata(&path).expect("meta");
         assert_eq!(meta.mode() & 0o777, 0o600, "state file must be root-only");
         let back = SavedState::load(&path).expect("load");
         assert_eq!(back.render(), st.render());
+        assert_eq!(back.private_key_set_at, Some(1_700_000_000));
+        assert_eq!(back.psk_set_at.get(&3), Some(&1_700_000_123));
         std::fs::write(&path, "peer=x y\n").expect("write");
         let err = SavedState::load(&path).expect_err("damaged").to_string();
         assert!(err.contains(":1:") && err.contains("down"), "{err}");

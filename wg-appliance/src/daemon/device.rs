@@ -245,9 +245,16 @@ impl Daemon {
             tunnel_mode,
         });
         d.set_private_key(state.private_key.clone());
+        // Key ages go on from where the daemon before left them.
+        if let Some(t) = state.private_key_set_at {
+            d.private_key_set_at = Some(from_unix_secs(t));
+        }
         let now = d.now();
         for (id, spec) in state.peers {
             let mut st = d.new_peer_state(spec);
+            if let (Some(t), Some(_)) = (state.psk_set_at.get(&id), &st.spec.preshared_key) {
+                st.psk_set_at = Some(from_unix_secs(*t));
+            }
             // Where the data path last sent to (it may have roamed), and
             // its counters so far.
             st.endpoint =
@@ -286,6 +293,7 @@ impl Daemon {
             handle: p.handle,
             opts: p.opts,
             private_key: None,
+            private_key_set_at: None,
             identity: None,
             checker: None,
             load: LoadDetector::new(),
@@ -325,6 +333,12 @@ impl Daemon {
                 .peers
                 .iter()
                 .map(|(id, p)| (*id, p.spec.clone()))
+                .collect(),
+            private_key_set_at: self.private_key_set_at.and_then(unix_secs),
+            psk_set_at: self
+                .peers
+                .iter()
+                .filter_map(|(id, p)| Some((*id, unix_secs(p.psk_set_at?)?)))
                 .collect(),
         };
         if let Err(e) = st.save(path) {
@@ -548,4 +562,14 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
         sock
     };
     UdpSocket::from_std(std_sock).map_err(err)
+}
+
+fn unix_secs(t: std::time::SystemTime) -> Option<u64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+fn from_unix_secs(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(secs)
 }

@@ -113,6 +113,9 @@ pub struct Daemon {
     opts: InterfaceOptions,
     rekey_after_time: Option<Duration>,
     private_key: Option<PrivateKey>,
+    /// When the private key was last set (configuration, `wg set`, or the
+    /// saved state of the daemon that ran before).
+    private_key_set_at: Option<std::time::SystemTime>,
     /// Shared with the handshake workers.
     identity: Option<Arc<Identity>>,
     checker: Option<CookieChecker>,

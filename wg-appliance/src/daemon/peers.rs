@@ -106,6 +106,7 @@ impl Daemon {
             .identity
             .as_ref()
             .map(|i| CookieChecker::new(i.public_key()));
+        self.private_key_set_at = key.as_ref().map(|_| std::time::SystemTime::now());
         self.private_key = key;
         // Handshakes depend on our static key: start them afresh.
         if let Some(identity) = &self.identity {

@@ -64,6 +64,8 @@ pub struct Status {
     pub fast: Option<FastStatus>,
     /// Whether the pins outlive the daemon (a restart is hitless).
     pub pins: crate::persist::PinLifetime,
+    /// When the interface's private key was set (None: it has none).
+    pub private_key_set_at: Option<SystemTime>,
 }
 
 /// The fast path at scrape time.
@@ -137,6 +139,7 @@ impl Daemon {
                 }
             }),
             pins: self.pins.clone(),
+            private_key_set_at: self.private_key_set_at,
         }
     }
 
@@ -202,6 +205,10 @@ impl Daemon {
             }
         }
         let now = SystemTime::now();
+        if let Some(t) = self.private_key_set_at {
+            let age = now.duration_since(t).map_or(0, |d| d.as_secs());
+            items.push(("private_key_age", age.to_string()));
+        }
         for p in self.peers.values() {
             if let Some(t) = p.psk_set_at {
                 let age = now.duration_since(t).map_or(0, |d| d.as_secs());
