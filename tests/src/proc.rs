@@ -70,6 +70,22 @@ impl Bg {
         })
     }
 
+    /// Sends `sig` to the process (`ip netns exec` execs it, so this is the
+    /// command itself).
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            bail!(
+                "signal {sig} to `{}`: {}",
+                self.what,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// Waits until the process prints a stderr line containing `needle`.
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

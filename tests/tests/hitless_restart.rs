@@ -136,11 +136,18 @@ fn kill_9_keeps_traffic_and_restart_adopts() {
     .unwrap_or_else(|e| panic!("{e}; log:\n{}", second.log()));
     // The interface key's age goes on from the first daemon's (saved
     // state), not from the restart: the first one set it 4 s ago or more.
-    let key_age: u64 = wg_appliance::uapi_client::Client::new(&ifname)
-        .and_then(|c| c.appliance())
-        .ok()
-        .and_then(|a| a.get("private_key_age").and_then(|v| v.parse().ok()))
-        .expect("the key age over UAPI");
+    // (The log line comes before the UAPI socket listens: wait for it.)
+    let age = || {
+        wg_appliance::uapi_client::Client::new(&ifname)
+            .and_then(|c| c.appliance())
+            .ok()
+            .and_then(|a| a.get("private_key_age").and_then(|v| v.parse::<u64>().ok()))
+    };
+    wait_until(Duration::from_secs(10), "the key age over UAPI", || {
+        age().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", second.log()));
+    let key_age = age().unwrap_or_default();
     assert!(
         key_age >= 3 && key_age <= t_start.elapsed().as_secs(),
         "the key age after the restart is {key_age} s; the key was set {:?} ago",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ops_lab::{checks_with, Lab, LabOpts, PEER_WAN};
 use wg_appliance::keys::PrivateKey;
-use wg_appliance_tests::{netns_unavailable, skip, wait_until};
+use wg_appliance_tests::{netns_unavailable, proc::Bg, skip, wait_until};
 
 fn hex(k: &[u8; 32]) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
@@ -299,4 +299,148 @@ fn doctor_without_a_daemon_fails_layer_1_with_the_fix() {
             "layer {n} says it was not checked"
         );
     }
+}
+
+/// `health`: one line and exit 0 on a working gateway; each requirement it
+/// is given, XDP torn off the WAN and a stopped daemon each turn it to
+/// exit 1 with the problem and its fix named.
+#[test]
+fn health_passes_a_working_gateway_and_names_what_fails() {
+    if let Some(why) = netns_unavailable() {
+        skip("health_passes_a_working_gateway_and_names_what_fails", &why);
+        return;
+    }
+    let lab = Lab::new(LabOpts {
+        forwarding: true,
+        ..LabOpts::default()
+    })
+    .expect("lab");
+    lab.warm_up(Duration::from_secs(20)).expect("tunnel up");
+    let ifname = lab.ifname.clone();
+    let wan = lab.wan_link.a.clone();
+    let health = |extra: &[&str]| {
+        let mut args = vec!["health", ifname.as_str()];
+        args.extend_from_slice(extra);
+        let f = lab.run(&args).expect("health");
+        (f.status.code(), f.stdout.trim_end().to_owned())
+    };
+
+    let (code, line) = health(&[]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "healthy: {ifname}: 1 peer (1 with a handshake in the last 180 s), XDP native on {wan}, data path "
+        )),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    let (code, line) = health(&["--min-peers", "1", "--max-handshake-age", "60"]);
+    assert_eq!(code, Some(0), "{line}");
+
+    let (code, line) = health(&["--min-peers", "2"]);
+    assert_eq!(code, Some(1), "{line}");
+    assert_eq!(
+        line,
+        format!(
+            "unhealthy: {ifname}: 1 peer, fewer than --min-peers 2; fix: check the peer source (`wg show {ifname} peers`)"
+        )
+    );
+
+    // --announce holds an address on lo while healthy and takes it away
+    // on SIGTERM (a service stopping withdraws the route).
+    let anycast = "198.18.99.1";
+    let held = || {
+        lab.gw
+            .ip(&["-o", "addr", "show", "dev", "lo"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{anycast}/32")))
+            .unwrap_or(false)
+    };
+    let bin = lab.bin.display().to_string();
+    let announce = |what: &str| {
+        let a = Bg::spawn(
+            &lab.gw,
+            &bin,
+            &[
+                "health",
+                &ifname,
+                "--announce",
+                &format!("{anycast}/32"),
+                "--interval",
+                "1",
+            ],
+        )
+        .expect("announcer");
+        wait_until(Duration::from_secs(10), what, held).expect("announced");
+        a
+    };
+    let a = announce("the anycast address on lo");
+    a.signal(libc::SIGTERM).expect("SIGTERM");
+    let f = a.finish(Duration::from_secs(10)).expect("announcer exits");
+    assert_eq!(f.status.code(), Some(0), "{} {}", f.stdout, f.stderr);
+    assert!(!held(), "the address outlived the announcer:\n{}", f.stdout);
+    assert!(
+        f.stdout.starts_with(&format!(
+            "announced {anycast}/32 on lo: healthy: {ifname}: "
+        )) && f
+            .stdout
+            .contains(&format!("withdrawn {anycast}/32 on lo: stopping")),
+        "{}",
+        f.stdout
+    );
+    let a = announce("the anycast address on lo again");
+
+    // XDP gone from the WAN (as a crashed attach or a stray `ip link`
+    // would leave it): the kernel's word, not the daemon's, decides, and
+    // the announcer withdraws.
+    detach_xdp(&lab.gw, &wan);
+    wait_until(Duration::from_secs(10), "the address withdrawn", || !held())
+        .expect("withdrawn when unhealthy");
+    drop(a);
+    let (code, line) = health(&[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains(&format!("XDP is not attached on {wan} (the data path is gone); fix: `wg-appliance down {ifname}` and up again")),
+        "{line}"
+    );
+
+    lab.gw
+        .exec(&lab.bin.display().to_string(), &["down", &ifname])
+        .expect("down");
+    let (code, line) = health(&[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with(&format!("unhealthy: {ifname}: no daemon answers"))
+            && line.contains(&format!("wg-appliance up {ifname}")),
+        "{line}"
+    );
+}
+
+/// Detaches the XDP program of `dev` (in `ns`) the way a crash of the
+/// attaching code or a stray tool would leave it: the daemon attached it
+/// through a BPF link, which `ip link set … xdp off` cannot replace, so
+/// the link itself is detached (found by the program it holds).
+fn detach_xdp(ns: &wg_appliance_tests::Netns, dev: &str) {
+    let json = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+    };
+    let net = json(
+        ns.exec("bpftool", &["-j", "net", "show", "dev", dev])
+            .expect("bpftool net show"),
+    );
+    let prog = net[0]["xdp"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no XDP program on {dev}: {net}"));
+    let links = json(
+        ns.exec("bpftool", &["-j", "link", "show"])
+            .expect("bpftool link show"),
+    );
+    let link = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["prog_id"].as_u64() == Some(prog) && l["type"] == "xdp")
+        .and_then(|l| l["id"].as_u64())
+        .unwrap_or_else(|| panic!("no XDP link holds program {prog}"));
+    ns.exec("bpftool", &["link", "detach", "id", &link.to_string()])
+        .expect("bpftool link detach");
 }

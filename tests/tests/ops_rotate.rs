@@ -311,10 +311,10 @@ fn rotate_interface_key(lab: &Lab, old_pub: &str) -> (String, SystemTime) {
 
 /// Rotates the interface key twice: under a TCP stream whose every byte is
 /// checked, then under pings every 10 ms with nothing else on the link,
-/// where every ping must come back (under the saturating stream the lab
-/// drops ~0.5% of pings to queueing whatever the keys do, so they are
-/// counted apart from it). The interface key's age metric restarts at each
-/// rotation.
+/// where at most the one reply in flight at the far side's switch may go
+/// (under the saturating stream the lab drops ~0.5% of pings to queueing
+/// whatever the keys do, so they are counted apart from it). The interface
+/// key's age metric restarts at each rotation.
 #[test]
 fn interface_key_rotation_with_overlapping_peers_keeps_the_stream() {
     if let Some(why) = netns_unavailable() {
@@ -381,7 +381,16 @@ fn interface_key_rotation_with_overlapping_peers_keeps_the_stream() {
     eprintln!(
         "interface key rotated twice: under a stream of {sent} bytes, all delivered; under pings every 10 ms: {summary}"
     );
-    assert_eq!(received, 600, "pings lost across the rotation: {summary}");
+    // The one packet that can go: a reply we sent on the old session in
+    // the instant before the far side dropped the old peer (its AllowedIPs
+    // then belong to the new one, which has no such session). That is one
+    // round trip of our traffic at the switch, inherent to WireGuard's
+    // exclusive AllowedIPs; with a ping every 10 ms, at most one.
+    assert!(
+        received >= 599,
+        "{} pings lost across the rotation, more than the one in flight at the switch: {summary}",
+        600 - received
+    );
     // Traffic both ways under the newest key.
     assert!(
         lab.peer

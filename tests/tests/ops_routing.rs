@@ -9,15 +9,18 @@
 //! - masquerade: the far side accepts only the gateway's tunnel address,
 //!   so the LAN cannot reach it; with `Masquerade = <the LAN>` (and
 //!   `ForwardIP = on`, forwarding being off in this lab) it can;
-//! - both leave nothing behind at `down`: no rule, no route, no table.
+//! - both leave nothing behind at `down`: no rule, no route, no table;
+//! - a gateway with a second address answers a handshake sent to it from
+//!   it (the far side then keeps that address as our endpoint), as an
+//!   anycast gateway must.
 
 mod ops_lab;
 
 use std::{net::SocketAddr, time::Duration};
 
-use ops_lab::{Lab, LabOpts, LAN_GW, LAN_HOST, SITE};
+use ops_lab::{Lab, LabOpts, GW_TUN, LAN_GW, LAN_HOST, SITE};
 use wg_appliance::gateway;
-use wg_appliance_tests::{netns_unavailable, proc::tcp_exact, skip, Netns};
+use wg_appliance_tests::{netns_unavailable, proc::tcp_exact, skip, wait_until, Netns};
 
 fn pings(ns: &Netns, src: &str, dst: &str) -> bool {
     ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", "-I", src, dst])
@@ -210,4 +213,92 @@ fn masquerade_lets_a_lan_host_reach_the_far_site() {
     let bin = lab.bin.display().to_string();
     lab.gw.exec(&bin, &["down", &lab.ifname]).expect("down");
     assert_clean(&lab, "after down");
+}
+
+/// The far side (wireguard-go) is told to reach us at a second address of
+/// our WAN link and starts a fresh handshake there: our response must
+/// leave from that address, since wireguard-go takes the source of every
+/// authenticated handshake message as our endpoint. Answered from the
+/// link's first address (the FIB's choice), it would move to that one; an
+/// anycast gateway would lose its clients to one box's own address.
+#[test]
+fn handshake_answers_leave_from_the_address_the_peer_wrote_to() {
+    if let Some(why) = netns_unavailable() {
+        skip(
+            "handshake_answers_leave_from_the_address_the_peer_wrote_to",
+            &why,
+        );
+        return;
+    }
+    let lab = Lab::new(LabOpts {
+        forwarding: true,
+        ..LabOpts::default()
+    })
+    .expect("lab");
+    lab.warm_up(Duration::from_secs(20)).expect("tunnel up");
+    let second = "10.96.0.100";
+    lab.gw
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{second}/24"),
+            "dev",
+            &lab.wan_link.a,
+        ])
+        .expect("second address");
+    let tp_if = lab.tp.ifname.clone();
+    let gw_pub = lab.gw_key.public_key().to_base64();
+    let endpoints = || stdout(&lab.peer, "wg", &["show", &tp_if, "endpoints"]);
+    assert!(
+        endpoints().contains(&format!("{}:51820", ops_lab::GW_WAN)),
+        "{}",
+        endpoints()
+    );
+    // A fresh peer entry on the far side: its keepalive starts a handshake
+    // to the second address at once.
+    let t = std::time::SystemTime::now();
+    lab.peer
+        .exec("wg", &["set", &tp_if, "peer", &gw_pub, "remove"])
+        .expect("remove");
+    lab.peer
+        .exec(
+            "wg",
+            &[
+                "set",
+                &tp_if,
+                "peer",
+                &gw_pub,
+                "endpoint",
+                &format!("{second}:51820"),
+                "allowed-ips",
+                &format!("{GW_TUN}/32,10.90.0.0/24"),
+                "persistent-keepalive",
+                "1",
+            ],
+        )
+        .expect("re-add");
+    wait_until(
+        Duration::from_secs(15),
+        "a handshake at the second address",
+        || {
+            wg_appliance::uapi_client::Client::new(&lab.ifname)
+                .and_then(|c| c.get())
+                .is_ok_and(|d| {
+                    d.peers
+                        .iter()
+                        .any(|p| p.last_handshake.is_some_and(|h| h > t))
+                })
+        },
+    )
+    .expect("handshake");
+    // Traffic both ways, then the far side's idea of our endpoint.
+    assert!(
+        pings(&lab.lan, LAN_HOST, SITE),
+        "LAN → far site after the handshake"
+    );
+    assert_eq!(
+        endpoints().trim(),
+        format!("{gw_pub}\t{second}:51820"),
+        "the far side moved off the address it wrote to"
+    );
 }

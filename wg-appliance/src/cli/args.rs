@@ -94,6 +94,34 @@ pub enum Command {
     Down { interface: String },
     /// Show interfaces run by wg-appliance, as `wg show` does.
     Show { interface: Option<String> },
+    /// One line and an exit status (0 healthy, 1 not) for routing daemons
+    /// and load balancers: the daemon answers, it has a key, the interface
+    /// is up and XDP is attached on every WAN interface (checked in the
+    /// kernel), plus what the options require. Every failed check is named
+    /// with its fix. Run it in the interface's network namespace, as root.
+    Health {
+        interface: String,
+        /// Unhealthy with fewer peers than this.
+        #[arg(long, default_value_t = 0)]
+        min_peers: usize,
+        /// Unhealthy unless some peer had a handshake within this many
+        /// seconds.
+        #[arg(long, value_name = "SECONDS")]
+        max_handshake_age: Option<u64>,
+        /// Keep checking, and hold this address (e.g. an anycast
+        /// 203.0.113.10/32) on --dev while healthy: added when the check
+        /// passes, removed when it fails and on SIGTERM/SIGINT, so a
+        /// routing daemon that exports the device's addresses (BIRD's
+        /// `protocol direct`) announces it only while this gateway works.
+        #[arg(long, value_name = "PREFIX")]
+        announce: Option<ipnet::IpNet>,
+        /// The device --announce puts the address on.
+        #[arg(long, default_value = "lo", requires = "announce")]
+        dev: String,
+        /// Seconds between checks with --announce.
+        #[arg(long, default_value_t = 1, requires = "announce")]
+        interval: u64,
+    },
     /// Walk the troubleshooting layers, top to bottom: (1) links and XDP,
     /// (2) listen port and firewall, (3) handshakes and keys, (4) routing
     /// and NAT, (5) MTU and MSS. Each check prints a line, and the fix when

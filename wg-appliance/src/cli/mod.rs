@@ -10,6 +10,7 @@
 //! - `rotate`: `rotate-psk`, a new preshared key for one peer;
 //! - `top`: the live console view;
 //! - `tune`: host settings around the data path, applied and reverted;
+//! - `health`: one line and an exit status for routing daemons;
 //! - `down`, `show`, `keys`, `classify`: the other commands.
 
 mod args;
@@ -17,6 +18,7 @@ mod classify;
 mod daemonize;
 mod doctor;
 mod down;
+mod health;
 mod keys;
 mod manpages;
 mod plan;
@@ -43,6 +45,24 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Down { interface } => down::down(&interface),
         Command::Show { interface } => show::show(interface.as_deref()),
+        Command::Health {
+            interface,
+            min_peers,
+            max_handshake_age,
+            announce,
+            dev,
+            interval,
+        } => {
+            let opts = wg_appliance::health::Options {
+                ifname: interface,
+                min_peers,
+                max_handshake_age: max_handshake_age.map(std::time::Duration::from_secs),
+            };
+            match announce {
+                None => health::health(&opts),
+                Some(prefix) => health::announce(&opts, prefix, &dev, interval),
+            }
+        }
         Command::Doctor {
             interface,
             json,

@@ -510,7 +510,7 @@ pub(super) fn apply_fwmark(sock: &UdpSocket, mark: u32) {
 
 /// The dual-stack UDP socket for handshake messages: `[::]:port` with
 /// IPV6_V6ONLY off, non-blocking. Port 0 picks a free one.
-fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
+pub(super) fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
     let err = |error| DaemonError::Bind { port, error };
     // SAFETY: plain socket calls on a descriptor we own.
     let std_sock = unsafe {
@@ -548,6 +548,7 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DaemonError> {
                 break;
             }
         }
+        super::udp::enable_pktinfo(fd);
         let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
         sa.sin6_family = libc::AF_INET6 as u16;
         sa.sin6_port = port.to_be();

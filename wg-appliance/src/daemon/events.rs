@@ -210,7 +210,16 @@ impl Daemon {
                 let acts = p
                     .timers
                     .handle(now, Event::HandshakeInitiationSent { jitter: jitter() });
-                match self.sock.send_to(&msg, ep).await {
+                // From our address the peer last reached us at: the data
+                // path's (learnt from its packets), else the handshake's.
+                let local = self
+                    .dp
+                    .peer(id)
+                    .ok()
+                    .as_ref()
+                    .and_then(super::peers::local_of)
+                    .or_else(|| self.peers.get(&id).and_then(|p| p.local_addr));
+                match super::udp::send(&self.sock, &msg, ep, local).await {
                     Ok(_) => {
                         self.hs_stats.initiations_sent += 1;
                         if let Some(p) = self.peers.get_mut(&id) {

@@ -2,7 +2,7 @@
 //! load), initiations, responses, cookie replies, and roaming by handshake.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -13,6 +13,7 @@ use wg_ebpf_common::maps::{
 };
 
 use super::hs_pool::{Done, Job, UNDER_LOAD_QUEUED};
+use super::udp;
 
 /// Logs a completed handshake: at info the first time for a peer, at debug
 /// for the rekeys after it (every two minutes per peer, thousands a second
@@ -36,7 +37,9 @@ use crate::{
 };
 
 impl Daemon {
-    pub(super) async fn on_datagram(&mut self, msg: &[u8], src: SocketAddr) {
+    /// A datagram off the handshake socket; `local` is our address it was
+    /// sent to, which answers leave from (see `udp`).
+    pub(super) async fn on_datagram(&mut self, msg: &[u8], src: SocketAddr, local: Option<IpAddr>) {
         let src = canonical(src);
         let now = self.now();
         if self.identity.is_none() {
@@ -50,8 +53,8 @@ impl Daemon {
             }
         };
         match parsed {
-            Message::Initiation(m) => self.on_initiation(m, src, now).await,
-            Message::Response(m) => self.on_response(m, src, now).await,
+            Message::Initiation(m) => self.on_initiation(m, src, local, now).await,
+            Message::Response(m) => self.on_response(m, src, local, now).await,
             Message::CookieReply(m) => {
                 let Some(receiver) = noise::receiver_index(m) else {
                     return;
@@ -73,8 +76,14 @@ impl Daemon {
 
     /// An initiation: admitted here (mac1, cookies under load), opened on a
     /// worker (one DH), see [`Daemon::on_handshake_done`].
-    async fn on_initiation(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
-        if !self.admit(m, src, now).await {
+    async fn on_initiation(
+        &mut self,
+        m: &[u8],
+        src: SocketAddr,
+        local: Option<IpAddr>,
+        now: Duration,
+    ) {
+        if !self.admit(m, src, local, now).await {
             return;
         }
         let Some(identity) = &self.identity else {
@@ -83,6 +92,7 @@ impl Daemon {
         let job = Job::Open {
             msg: m.to_vec(),
             src,
+            local,
             identity: Arc::clone(identity),
         };
         if !self.hs_pool.submit(job) {
@@ -99,17 +109,19 @@ impl Daemon {
             Done::Opened {
                 msg_len,
                 src,
+                local,
                 result,
-            } => self.on_opened(msg_len, src, result),
+            } => self.on_opened(msg_len, src, local, result),
             Done::Responded {
                 id,
                 generation,
                 src,
+                local,
                 local_index,
                 msg_len,
                 result,
             } => {
-                self.on_responded(id, generation, src, local_index, msg_len, result)
+                self.on_responded(id, generation, (src, local), local_index, msg_len, result)
                     .await;
             }
         }
@@ -119,6 +131,7 @@ impl Daemon {
         &mut self,
         msg_len: usize,
         src: SocketAddr,
+        local: Option<IpAddr>,
         result: Result<noise::InitiationOpened, noise::NoiseError>,
     ) {
         let now = self.now();
@@ -158,6 +171,7 @@ impl Daemon {
             id,
             generation: p.responder_generation,
             src,
+            local,
             local_index,
             msg_len,
             responder,
@@ -173,7 +187,7 @@ impl Daemon {
         &mut self,
         id: u32,
         generation: u64,
-        src: SocketAddr,
+        (src, local): (SocketAddr, Option<IpAddr>),
         local_index: u32,
         msg_len: usize,
         result: Result<([u8; noise::HANDSHAKE_RESPONSE_LEN], noise::Keypair), noise::NoiseError>,
@@ -203,11 +217,11 @@ impl Daemon {
         };
         p.hs.cookie.add_macs(&mut resp, now);
         let peer_short = p.spec.public_key.short();
-        self.set_endpoint_seen(id, src);
+        self.set_endpoint_seen(id, src, local);
         // The session must be in the data path before the response leaves:
         // the initiator answers it with data at once.
         self.install(id, &keypair, SESSION_CAN_RECV | SESSION_CONFIRM_ON_RX);
-        if let Err(e) = self.sock.send_to(&resp, src).await {
+        if let Err(e) = udp::send(&self.sock, &resp, src, local).await {
             tracing::warn!(peer = %peer_short, %src, error = %e, "sending handshake response failed");
             return;
         }
@@ -231,8 +245,14 @@ impl Daemon {
         self.act(id, acts).await;
     }
 
-    async fn on_response(&mut self, m: &[u8], src: SocketAddr, now: Duration) {
-        if !self.admit(m, src, now).await {
+    async fn on_response(
+        &mut self,
+        m: &[u8],
+        src: SocketAddr,
+        local: Option<IpAddr>,
+        now: Duration,
+    ) {
+        if !self.admit(m, src, local, now).await {
             return;
         }
         let Some(receiver) = noise::receiver_index(m) else {
@@ -253,7 +273,7 @@ impl Daemon {
                 return;
             }
         };
-        self.set_endpoint_seen(id, src);
+        self.set_endpoint_seen(id, src, local);
         self.install(
             id,
             &keypair,
@@ -280,7 +300,13 @@ impl Daemon {
 
     /// mac1/mac2 and the cookie decision. Replies with a cookie when under
     /// load.
-    async fn admit(&mut self, msg: &[u8], src: SocketAddr, now: Duration) -> bool {
+    async fn admit(
+        &mut self,
+        msg: &[u8],
+        src: SocketAddr,
+        local: Option<IpAddr>,
+        now: Duration,
+    ) -> bool {
         let signal = LoadSignal {
             queued_handshakes: self.hs_pool.queued(),
             threshold: UNDER_LOAD_QUEUED,
@@ -298,7 +324,7 @@ impl Daemon {
             }
             Admission::SendCookieReply => {
                 if let Ok(reply) = checker.create_reply(msg, src, now, &mut OsRng) {
-                    if self.sock.send_to(&reply, src).await.is_ok() {
+                    if udp::send(&self.sock, &reply, src, local).await.is_ok() {
                         self.hs_stats.cookie_replies_sent += 1;
                     }
                 }
@@ -342,12 +368,16 @@ impl Daemon {
 
     /// The address an authenticated handshake came from becomes the
     /// endpoint (WireGuard's roaming, for handshakes).
-    fn set_endpoint_seen(&mut self, id: u32, src: SocketAddr) {
+    /// The peer was heard from `src`, at our address `local`: both are
+    /// where and from where its traffic goes now.
+    fn set_endpoint_seen(&mut self, id: u32, src: SocketAddr, local: Option<IpAddr>) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if p.endpoint != Some(src) {
+        let local = local.or(p.local_addr);
+        if p.endpoint != Some(src) || p.local_addr != local {
             p.endpoint = Some(src);
+            p.local_addr = local;
             if let Err(e) = self.write_peer(id) {
                 tracing::warn!(error = %e, "updating the peer's endpoint in the data path failed");
             }

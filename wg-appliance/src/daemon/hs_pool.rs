@@ -7,7 +7,7 @@
 //! its depth is the "under load" signal that turns cookie replies on.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
@@ -32,6 +32,8 @@ pub(super) enum Job {
     Open {
         msg: Vec<u8>,
         src: SocketAddr,
+        /// Our address the message was sent to (answered from it).
+        local: Option<IpAddr>,
         identity: Arc<Identity>,
     },
     /// Build the response to a consumed initiation of peer `id`.
@@ -39,6 +41,7 @@ pub(super) enum Job {
         id: u32,
         generation: u64,
         src: SocketAddr,
+        local: Option<IpAddr>,
         local_index: u32,
         msg_len: usize,
         responder: Responder,
@@ -50,12 +53,14 @@ pub(super) enum Done {
     Opened {
         msg_len: usize,
         src: SocketAddr,
+        local: Option<IpAddr>,
         result: Result<InitiationOpened, NoiseError>,
     },
     Responded {
         id: u32,
         generation: u64,
         src: SocketAddr,
+        local: Option<IpAddr>,
         local_index: u32,
         msg_len: usize,
         result: Result<([u8; noise::HANDSHAKE_RESPONSE_LEN], Keypair), NoiseError>,
@@ -134,15 +139,22 @@ fn work(rx: &Mutex<Receiver<Job>>, done: &UnboundedSender<Done>, queued: &Atomic
         };
         let Ok(job) = job else { return };
         let out = match job {
-            Job::Open { msg, src, identity } => Done::Opened {
+            Job::Open {
+                msg,
+                src,
+                local,
+                identity,
+            } => Done::Opened {
                 msg_len: msg.len(),
                 src,
+                local,
                 result: noise::open_initiation(&identity, &msg),
             },
             Job::Respond {
                 id,
                 generation,
                 src,
+                local,
                 local_index,
                 msg_len,
                 responder,
@@ -150,6 +162,7 @@ fn work(rx: &Mutex<Receiver<Job>>, done: &UnboundedSender<Done>, queued: &Atomic
                 id,
                 generation,
                 src,
+                local,
                 local_index,
                 msg_len,
                 result: responder.respond(&mut OsRng, local_index),
@@ -191,6 +204,7 @@ mod tests {
             assert!(pool.submit(Job::Open {
                 msg: msg.to_vec(),
                 src,
+                local: None,
                 identity: Arc::clone(&identity),
             }));
         }
@@ -215,6 +229,7 @@ mod tests {
         let job = || Job::Open {
             msg: vec![1; 148],
             src,
+            local: None,
             identity: Arc::clone(&identity),
         };
         assert!(stalled.submit(job()));

@@ -38,6 +38,7 @@ mod peers;
 mod sessions;
 mod status;
 mod uapi;
+mod udp;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -226,11 +227,11 @@ impl Daemon {
         loop {
             tokio::select! {
                 _ = stop.notified() => return Ok(()),
-                r = self.sock.recv_from(&mut buf) => {
+                r = udp::recv(&self.sock, &mut buf) => {
                     match r {
-                        Ok((n, src)) => {
+                        Ok((n, src, local)) => {
                             let msg = buf[..n].to_vec();
-                            self.on_datagram(&msg, src).await;
+                            self.on_datagram(&msg, src, local).await;
                         }
                         Err(e) => tracing::warn!(error = %e, "UDP receive failed"),
                     }

@@ -42,6 +42,10 @@ pub(super) struct PeerState {
     pub(super) timers: PeerTimers<BpfKeypair>,
     pub(super) staged: VecDeque<Vec<u8>>,
     pub(super) endpoint: Option<SocketAddr>,
+    /// Our address the peer last sent a handshake message to: what we
+    /// answer and initiate from (see `udp`), and the data path's source
+    /// for it until a data packet tells it otherwise.
+    pub(super) local_addr: Option<IpAddr>,
     pub(super) stats: PeerStats,
     pub(super) last_handshake: Option<SystemTime>,
     pub(super) handshakes: u64,
@@ -63,6 +67,32 @@ impl PeerState {
     }
     pub(super) fn tx_bytes(&self) -> u64 {
         self.stats.tx_bytes + self.hs_tx_bytes
+    }
+}
+
+/// The data-path form of an address: IPv4 in the first 4 bytes.
+fn slot_addr(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The local address a data-path peer slot sends from (None: the FIB
+/// chooses), in the endpoint's family.
+pub(super) fn local_of(slot: &BpfPeer) -> Option<IpAddr> {
+    if slot.local_addr == [0u8; 16] {
+        return None;
+    }
+    let a = &slot.local_addr;
+    match slot.endpoint_family {
+        4 => Some(IpAddr::from([a[0], a[1], a[2], a[3]])),
+        6 => Some(IpAddr::from(*a)),
+        _ => None,
     }
 }
 
@@ -156,6 +186,7 @@ impl Daemon {
             hs: Handshake::new(identity, spec.public_key, spec.preshared_key.clone()),
             timers: PeerTimers::new(self.timer_config(spec.persistent_keepalive)),
             endpoint: spec.endpoint,
+            local_addr: None,
             spec,
             staged: VecDeque::new(),
             stats: PeerStats::default(),
@@ -325,14 +356,14 @@ impl Daemon {
         let mut slot = before;
         slot.flags = PEER_ACTIVE;
         if let Some(ep) = p.endpoint {
-            let (family, addr) = match ep.ip() {
-                IpAddr::V4(a) => {
-                    let mut b = [0u8; 16];
-                    b[..4].copy_from_slice(&a.octets());
-                    (4, b)
-                }
-                IpAddr::V6(a) => (6, a.octets()),
-            };
+            let family = if ep.is_ipv4() { 4 } else { 6 };
+            let addr = slot_addr(ep.ip());
+            // Our address it reached us at, when of its family; otherwise
+            // the FIB picks the source.
+            let local = p
+                .local_addr
+                .filter(|l| l.is_ipv4() == ep.is_ipv4())
+                .map_or([0; 16], slot_addr);
             if slot.endpoint_addr != addr
                 || slot.endpoint_port != ep.port().to_be()
                 || slot.endpoint_family != family
@@ -340,9 +371,10 @@ impl Daemon {
                 slot.endpoint_addr = addr;
                 slot.endpoint_port = ep.port().to_be();
                 slot.endpoint_family = family;
-                // Let the FIB pick the source again for the new endpoint.
-                slot.local_addr = [0; 16];
+                slot.local_addr = local;
                 slot.ifindex = egress_ifindex(ep).unwrap_or(0);
+            } else if local != [0; 16] {
+                slot.local_addr = local;
             }
         }
         if slot != before {

@@ -25,7 +25,7 @@
 mod checks;
 mod nft;
 mod pmtu;
-mod sys;
+pub mod sys;
 #[cfg(test)]
 mod tests;
 
