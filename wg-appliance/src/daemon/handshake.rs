@@ -40,7 +40,6 @@ impl Daemon {
     /// A datagram off the handshake socket; `local` is our address it was
     /// sent to, which answers leave from (see `udp`).
     pub(super) async fn on_datagram(&mut self, msg: &[u8], src: SocketAddr, local: Option<IpAddr>) {
-        let src = canonical(src);
         let now = self.now();
         if self.identity.is_none() {
             return;
@@ -382,17 +381,6 @@ impl Daemon {
                 tracing::warn!(error = %e, "updating the peer's endpoint in the data path failed");
             }
         }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (from the dual-stack socket) as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => a,
-        },
-        v4 => v4,
     }
 }
 

@@ -45,8 +45,8 @@ pub(super) fn enable_pktinfo(fd: RawFd) {
 /// Room for one in_pktinfo or in6_pktinfo control message and then some.
 const CMSG_ROOM: usize = 128;
 
-/// Receives one datagram: (length, source, the local address it was sent
-/// to when the kernel said). Cancel-safe: nothing is read until the socket
+/// Receives one datagram: (length, source with IPv4-mapped addresses as
+/// IPv4, the local address it was sent to when the kernel said). Cancel-safe: nothing is read until the socket
 /// is readable.
 pub(super) async fn recv(
     sock: &UdpSocket,
@@ -84,7 +84,7 @@ fn recv_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let src = sockaddr_to_std(&name).ok_or_else(|| {
+        let src = sockaddr_to_std(&name).map(canonical).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "a datagram from no address")
         })?;
         let mut local = None;
@@ -133,6 +133,18 @@ fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// IPv4-mapped IPv6 addresses (the dual-stack socket's form of IPv4) as
+/// IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
 /// Sends `buf` to `dst`, from `local` when given (and of `dst`'s family),
 /// else from the FIB's choice.
 pub(super) async fn send(
@@ -154,13 +166,7 @@ pub(super) async fn send(
 
 fn send_raw(fd: RawFd, buf: &[u8], dst: SocketAddr, local: Option<IpAddr>) -> io::Result<usize> {
     // A v4-mapped destination is sent as IPv4 (the kernel does the same).
-    let dst = match dst {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => dst,
-        },
-        v4 => v4,
-    };
+    let dst = canonical(dst);
     // SAFETY: as in recv_raw: locals outlive the call, lengths are true,
     // the control buffer is aligned and sized for the one message written
     // into it through CMSG_FIRSTHDR.
@@ -279,12 +285,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let (n, src, local) = recv(&sock, &mut buf).await.expect("recv");
         assert_eq!(&buf[..n], b"hello");
-        let src = match src {
-            SocketAddr::V6(v6) => {
-                SocketAddr::from((v6.ip().to_ipv4_mapped().expect("v4"), v6.port()))
-            }
-            v4 => v4,
-        };
+        // IPv4 comes back as IPv4, not v4-mapped.
         assert_eq!(src, peer.local_addr().expect("addr"));
         assert_eq!(local, Some(second));
 
