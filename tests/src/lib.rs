@@ -12,6 +12,7 @@
 
 pub mod appliance;
 pub mod daemon;
+pub mod etcd;
 pub mod impair;
 pub mod packet;
 pub mod peers;

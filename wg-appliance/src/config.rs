@@ -171,6 +171,84 @@ pub struct ApplianceConfig {
     pub masquerade: Masquerade,
     /// Which data path carries the tunnel (`DataPath =`).
     pub data_path: DataPathSetting,
+    /// Where peers come from besides this file (`PeerSource =`).
+    pub peer_source: Option<PeerSourceSetting>,
+}
+
+/// `PeerSource = etcd://host:port[,host:port...]/prefix` and its companions
+/// (`PeerSourceCa`, `PeerSourceCert`, `PeerSourceKey`, `PeerSourceUser`,
+/// `PeerSourcePasswordFile`): peers kept in etcd, one key each under
+/// `<prefix>/<interface>/peers/`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerSourceSetting {
+    /// `host:port` of each etcd member (port 2379 when left out).
+    pub endpoints: Vec<String>,
+    /// The URL's path without its trailing `/` (`/wg-fleet`; empty for `/`).
+    pub prefix: String,
+    /// CA certificate (PEM) that signed the members' certificates: TLS on.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and its key (PEM), for `--client-cert-auth`.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// etcd user; its password is read from `password_file`.
+    pub user: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl PeerSourceSetting {
+    /// Parses the URL of `PeerSource` (or `--peer-source`); the error is a
+    /// short "why". Credentials never go in the URL (they have their keys).
+    pub fn parse_url(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("etcd://")
+            .ok_or("not an etcd:// URL")?;
+        let (hosts, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if hosts.contains('@') {
+            return Err("credentials do not go in the URL".into());
+        }
+        let mut endpoints = Vec::new();
+        for h in hosts.split(',').map(str::trim) {
+            if h.is_empty() {
+                return Err("an empty host".into());
+            }
+            let with_port = if h.ends_with(']') || !h.contains(':') {
+                format!("{h}:2379")
+            } else {
+                h.to_owned()
+            };
+            let (host, port) = with_port.rsplit_once(':').ok_or("no host")?;
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port in {h}"))?;
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if bare.is_empty() || bare.chars().any(|c| c.is_whitespace() || c == '/') {
+                return Err(format!("bad host in {h}"));
+            }
+            endpoints.push(with_port);
+        }
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the prefix contains a space".into());
+        }
+        Ok(PeerSourceSetting {
+            endpoints,
+            prefix: path.trim_end_matches('/').to_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// The URL as written back (no credentials: there are none in it).
+    pub fn url(&self) -> String {
+        format!("etcd://{}{}/", self.endpoints.join(","), self.prefix)
+    }
+
+    /// The keys holding `ifname`'s peers: `<prefix>/<ifname>/peers/`.
+    pub fn peers_prefix(&self, ifname: &str) -> String {
+        format!("{}/{ifname}/peers/", self.prefix)
+    }
 }
 
 /// Policy routing for replies (`ReturnRouting`).
@@ -243,6 +321,7 @@ impl Default for ApplianceConfig {
             return_routing: ReturnRouting::Off,
             masquerade: Masquerade::Off,
             data_path: DataPathSetting::default(),
+            peer_source: None,
         }
     }
 }
@@ -427,6 +506,12 @@ impl Section {
                 "ReturnRouting",
                 "Masquerade",
                 "DataPath",
+                "PeerSource",
+                "PeerSourceCa",
+                "PeerSourceCert",
+                "PeerSourceKey",
+                "PeerSourceUser",
+                "PeerSourcePasswordFile",
             ],
         }
     }
@@ -599,6 +684,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     }
     p.flush_pending_name()?;
     p.finish_peer()?;
+    p.finish_appliance()?;
     Ok(p.cfg)
 }
 
@@ -972,6 +1058,39 @@ impl Parser<'_> {
         Ok(())
     }
 
+    /// What one `[Appliance]` key cannot check alone: the `PeerSource*`
+    /// companions go together.
+    fn finish_appliance(&self) -> Result<(), ConfigError> {
+        let Some(src) = &self.cfg.appliance.peer_source else {
+            return Ok(());
+        };
+        let line = |k: &str| self.appliance_seen.get(k).copied().unwrap_or(0);
+        let need = |k: &'static str, problem: &str, fix: &str| ConfigError::Malformed {
+            at: self.at(line(k)),
+            problem: format!("{k} {problem}"),
+            fix: fix.into(),
+        };
+        if src.endpoints.is_empty() {
+            let k = ["PeerSourceCa", "PeerSourceCert", "PeerSourceKey", "PeerSourceUser", "PeerSourcePasswordFile"]
+                .into_iter()
+                .find(|k| self.appliance_seen.contains_key(k))
+                .unwrap_or("PeerSourceCa");
+            return Err(need(k, "is given without PeerSource", "add `PeerSource = etcd://host:port/prefix`, or remove the line"));
+        }
+        if src.cert.is_some() != src.key.is_some() {
+            let k = if src.cert.is_some() { "PeerSourceCert" } else { "PeerSourceKey" };
+            return Err(need(k, "needs its partner (PeerSourceCert and PeerSourceKey go together)", "give both the client certificate and its key, or neither"));
+        }
+        if (src.cert.is_some() || src.key.is_some()) && src.ca.is_none() {
+            return Err(need("PeerSourceCert", "is a TLS setting but PeerSourceCa is missing", "add `PeerSourceCa = <the CA that signed etcd's certificate>`"));
+        }
+        if src.user.is_some() != src.password_file.is_some() {
+            let k = if src.user.is_some() { "PeerSourceUser" } else { "PeerSourcePasswordFile" };
+            return Err(need(k, "needs its partner (PeerSourceUser and PeerSourcePasswordFile go together)", "give the etcd user and a 0600 file holding its password, or neither"));
+        }
+        Ok(())
+    }
+
     fn appliance_key(&mut self, n: usize, key: &'static str, v: &str) -> Result<(), ConfigError> {
         let at = self.at(n);
         let app = &mut self.cfg.appliance;
@@ -997,6 +1116,54 @@ impl Parser<'_> {
         let bad = |problem: &str, expected: &'static str, fix: &'static str| {
             invalid(&at, key, Some(v), problem, expected, fix)
         };
+        if let Some(rest) = key.strip_prefix("PeerSource") {
+            let src = app.peer_source.get_or_insert_with(Default::default);
+            let path = || {
+                if v.is_empty() || !v.starts_with('/') {
+                    Err(invalid(
+                        &at,
+                        key,
+                        Some(v),
+                        "not an absolute path",
+                        "the absolute path of a PEM file",
+                        "write the full path, e.g. `/etc/wireguard/etcd-ca.pem`",
+                    ))
+                } else {
+                    Ok(Some(std::path::PathBuf::from(v)))
+                }
+            };
+            match rest {
+                "" => {
+                    let parsed = PeerSourceSetting::parse_url(v).map_err(|why| {
+                        invalid(
+                            &at,
+                            key,
+                            Some(v),
+                            &why,
+                            "etcd://host:port[,host:port...]/prefix",
+                            "write e.g. `PeerSource = etcd://10.0.0.5:2379/wg-fleet`; TLS and auth have their own keys (PeerSourceCa, PeerSourceUser...)",
+                        )
+                    })?;
+                    src.endpoints = parsed.endpoints;
+                    src.prefix = parsed.prefix;
+                }
+                "Ca" => src.ca = path()?,
+                "Cert" => src.cert = path()?,
+                "Key" => src.key = path()?,
+                "PasswordFile" => src.password_file = path()?,
+                _ => {
+                    if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        return Err(bad(
+                            "not a user name",
+                            "an etcd user name without spaces",
+                            "write the name `etcdctl user list` shows",
+                        ));
+                    }
+                    src.user = Some(v.to_owned());
+                }
+            }
+            return Ok(());
+        }
         match key {
             "DataPath" => {
                 app.data_path = DataPathSetting::parse(v).ok_or_else(|| {
@@ -1563,6 +1730,22 @@ impl Config {
             }
             if a.data_path != DataPathSetting::default() {
                 kv(&mut out, "DataPath", &a.data_path.name());
+            }
+            if let Some(src) = &a.peer_source {
+                kv(&mut out, "PeerSource", &src.url());
+                for (k, v) in [
+                    ("PeerSourceCa", &src.ca),
+                    ("PeerSourceCert", &src.cert),
+                    ("PeerSourceKey", &src.key),
+                    ("PeerSourcePasswordFile", &src.password_file),
+                ] {
+                    if let Some(v) = v {
+                        kv(&mut out, k, &v.display());
+                    }
+                }
+                if let Some(u) = &src.user {
+                    kv(&mut out, "PeerSourceUser", u);
+                }
             }
             if let Some(c) = &a.cpus {
                 kv(&mut out, "Cpus", &format_cpu_list(c));

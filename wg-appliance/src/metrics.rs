@@ -42,6 +42,67 @@ fn gauge_vec(
     Ok(g)
 }
 
+/// The `wg_appliance_peer_source_*` series (see crate::peer_source).
+fn render_peer_source(
+    reg: &Registry,
+    ifc: &str,
+    src: &crate::daemon::PeerSourceStatus,
+    now: std::time::SystemTime,
+) -> prometheus::Result<()> {
+    let labels = [ifc, src.url.as_str()];
+    let g = |name: &str, help: &str, v: i64| -> prometheus::Result<()> {
+        gauge_vec(reg, name, help, &["interface", "source"])?
+            .with_label_values(&labels)
+            .set(v);
+        Ok(())
+    };
+    let c = |name: &str, help: &str, v: u64| -> prometheus::Result<()> {
+        counter_vec(reg, name, help, &["interface", "source"])?
+            .with_label_values(&labels)
+            .inc_by(v);
+        Ok(())
+    };
+    let secs = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| now.duration_since(t).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    g(
+        "wg_appliance_peer_source_connected",
+        "1 while the peer source (etcd) is watched; 0 while it is unreachable (forwarding goes on with the last known peers)",
+        i64::from(src.connected),
+    )?;
+    g(
+        "wg_appliance_peer_source_state_seconds",
+        "Seconds since wg_appliance_peer_source_connected last changed",
+        secs(src.since),
+    )?;
+    g(
+        "wg_appliance_peer_source_revision",
+        "The etcd revision the interface's peers are in step with",
+        src.revision,
+    )?;
+    g(
+        "wg_appliance_peer_source_peers",
+        "Peers the source defines for this interface",
+        i64::try_from(src.peers).unwrap_or(i64::MAX),
+    )?;
+    g(
+        "wg_appliance_peer_source_invalid_values",
+        "Keys whose value is not a valid [Peer] section (their peers are left as they were; the log names each key)",
+        i64::try_from(src.invalid).unwrap_or(i64::MAX),
+    )?;
+    c(
+        "wg_appliance_peer_source_updates_total",
+        "Snapshots and watch batches applied to the interface",
+        src.updates,
+    )?;
+    c(
+        "wg_appliance_peer_source_resyncs_total",
+        "Fresh snapshots taken after a disconnect or a compaction",
+        src.resyncs,
+    )
+}
+
 /// The Prometheus text for one interface.
 pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
     let reg = Registry::new();
@@ -296,6 +357,9 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
     )?
     .with_label_values(&[ifc])
     .set(i64::from(s.pins.hitless()));
+    if let Some(src) = &s.peer_source {
+        render_peer_source(&reg, ifc, src, now)?;
+    }
     gauge_vec(
         &reg,
         "wg_appliance_build_info",
@@ -392,6 +456,7 @@ mod tests {
             fast,
             pins: crate::persist::PinLifetime::OutlivesDaemon,
             private_key_set_at: None,
+            peer_source: None,
         }
     }
 

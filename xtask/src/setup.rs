@@ -28,6 +28,15 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // tmux: the `top` test drives the live view in a pseudo-terminal.
     "tmux",
+    // protoc: building etcd-client (the etcd peer source) compiles etcd's
+    // .proto files. Without it the first build fails in etcd-client's
+    // build script.
+    "protobuf-compiler",
+    // etcd and etcdctl: the peer-source tests and the fleet demo start
+    // their own members in namespaces (on a machine with systemd the
+    // package also starts one on 127.0.0.1:2379; the tests do not use it).
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// Tools `cargo install` builds, each pinned to a full version: stable
@@ -76,7 +85,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step {
-        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux)",
+        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux protobuf-compiler etcd-server etcd-client)",
         present: apt_present,
         install: apt_install,
         fix: "run as root with network access to the Debian mirrors: apt-get update && apt-get install --no-install-recommends <packages>",

@@ -102,23 +102,38 @@ pub struct LabOpts {
     /// The far side accepts only the gateway's tunnel address from it, not
     /// its LAN (which then needs masquerade to reach the far site).
     pub far_knows_no_lan: bool,
+    /// The gateway's file names no peer (a peer source supplies it:
+    /// [`Lab::far_peer_section`] is its `[Peer]`).
+    pub no_file_peer: bool,
+}
+
+/// The far site's `[Peer]` as the gateway knows it (`extra`: more lines).
+pub fn far_peer(peer_key: &PrivateKey, psk: Option<&PresharedKey>, extra: &str) -> String {
+    let psk_line = psk
+        .map(|k| format!("PresharedKey = {}\n", &*k.to_base64()))
+        .unwrap_or_default();
+    format!(
+        "[Peer]\nPublicKey = {}\n{psk_line}AllowedIPs = {PEER_TUN}/32, 10.97.0.0/24\nEndpoint = {PEER_WAN}:{PEER_PORT}\nPersistentKeepalive = 10\n{extra}\n",
+        peer_key.public_key().to_base64(),
+    )
 }
 
 /// The gateway's wg-quick file for `o`.
 fn conf_text(gw_key: &PrivateKey, peer_key: &PrivateKey, wan: &str, o: &LabOpts) -> String {
-    let psk_line = o
-        .psk
-        .as_ref()
-        .map(|k| format!("PresharedKey = {}\n", &*k.to_base64()))
-        .unwrap_or_default();
+    let peer = if o.no_file_peer {
+        String::new()
+    } else {
+        format!(
+            "# friendly_name = far-site\n{}",
+            far_peer(peer_key, o.psk.as_ref(), &o.peer_extra)
+        )
+    };
     format!(
-        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {GW_TUN}/24\n{}\n[Appliance]\nWAN = {wan}\nMetrics = {}\n{}\n# friendly_name = far-site\n[Peer]\nPublicKey = {}\n{psk_line}AllowedIPs = {PEER_TUN}/32, 10.97.0.0/24\nEndpoint = {PEER_WAN}:{PEER_PORT}\nPersistentKeepalive = 10\n{}\n",
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {GW_TUN}/24\n{}\n[Appliance]\nWAN = {wan}\nMetrics = {}\n{}\n{peer}",
         &*gw_key.to_base64(),
         o.interface_extra,
         o.metrics.as_deref().unwrap_or("off"),
         o.appliance_extra,
-        peer_key.public_key().to_base64(),
-        o.peer_extra,
     )
 }
 
@@ -303,6 +318,11 @@ impl Lab {
     pub fn run(&self, args: &[&str]) -> Result<Finished> {
         let bin = self.bin.display().to_string();
         Bg::spawn(&self.gw, &bin, args)?.finish(Duration::from_secs(90))
+    }
+
+    /// The far site's `[Peer]` for a peer source (`extra`: more lines).
+    pub fn far_peer_section(&self, extra: &str) -> String {
+        far_peer(&self.peer_key, None, extra)
     }
 
     /// `doctor <if> [extra]`: (exit code, stdout).

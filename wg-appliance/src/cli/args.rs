@@ -70,6 +70,11 @@ pub struct IfaceArgs {
     /// configuration's DataPath, else bpf).
     #[arg(long)]
     pub data_path: Option<String>,
+    /// Peers from etcd: etcd://host:port[,host:port...]/prefix, each a
+    /// wg-quick [Peer] under <prefix>/<interface>/peers/ (default: the
+    /// configuration's PeerSource; TLS and auth are set there).
+    #[arg(long, value_name = "URL")]
+    pub peer_source: Option<String>,
 }
 
 /// The subcommands.

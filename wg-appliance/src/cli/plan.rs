@@ -1,7 +1,7 @@
 //! What to bring up, from the flags, the configuration file and the
 //! environment, validated before any fork so that errors reach the terminal.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
 use wg_appliance::{
@@ -11,6 +11,7 @@ use wg_appliance::{
     },
     daemon::{DeviceSpec, InterfaceOptions},
     datapath::{parse_cpu_list, ModePolicy},
+    keys::PublicKey,
     link, metrics,
 };
 
@@ -27,6 +28,9 @@ pub struct Plan {
     /// Why the tunnel MTU is what it is, when it was derived (logged once
     /// logging is up).
     pub mtu_note: Option<String>,
+    /// Peers fed from etcd (`PeerSource` or `--peer-source`), its files
+    /// read, and the file's own peers (which the source never touches).
+    pub peer_source: Option<(wg_appliance::peer_source::EtcdSource, HashSet<PublicKey>)>,
 }
 
 impl Plan {
@@ -73,6 +77,7 @@ impl Plan {
             None => None,
             Some(c) => Some(device_spec(c, &opts, &mut names)?),
         };
+        let peer_source = peer_source(a, &app, cfg.as_ref())?;
         Ok(Plan {
             ifname,
             opts,
@@ -81,8 +86,38 @@ impl Plan {
             metrics,
             names,
             mtu_note,
+            peer_source,
         })
     }
+}
+
+/// `--peer-source` (its TLS and auth settings still from `[Appliance]`),
+/// else `PeerSource`; the files it names are read now.
+fn peer_source(
+    a: &IfaceArgs,
+    app: &ApplianceConfig,
+    cfg: Option<&Config>,
+) -> anyhow::Result<Option<(wg_appliance::peer_source::EtcdSource, HashSet<PublicKey>)>> {
+    let setting = match &a.peer_source {
+        Some(url) => {
+            let parsed = config::PeerSourceSetting::parse_url(url).map_err(|why| {
+                anyhow::anyhow!("--peer-source {url}: {why} (expected etcd://host:port[,host:port...]/prefix). Fix: e.g. --peer-source etcd://10.0.0.5:2379/wg-fleet")
+            })?;
+            let mut s = app.peer_source.clone().unwrap_or_default();
+            s.endpoints = parsed.endpoints;
+            s.prefix = parsed.prefix;
+            s
+        }
+        None => match &app.peer_source {
+            Some(s) => s.clone(),
+            None => return Ok(None),
+        },
+    };
+    let source = wg_appliance::peer_source::EtcdSource::load(&setting)?;
+    let local = cfg
+        .map(|c| c.peers.iter().map(|p| p.public_key).collect())
+        .unwrap_or_default();
+    Ok(Some((source, local)))
 }
 
 /// The daemon's options: each flag given, else its `[Appliance]` setting

@@ -99,6 +99,23 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
         }
     };
     tokio::spawn(daemon::serve_uapi(listener, daemon.commands()));
+    if let Some((source, local)) = plan.peer_source {
+        let status = daemon::SharedSourceStatus::default();
+        daemon.attach_peer_source(status.clone());
+        let table = plan
+            .config
+            .as_ref()
+            .and_then(|c| c.interface.table.clone())
+            .unwrap_or_else(|| "auto".into());
+        tokio::spawn(wg_appliance::peer_source::run(
+            source,
+            ifname.clone(),
+            local,
+            wg_appliance::peer_source::Routes::new(&ifname, Some(&table)),
+            daemon.commands(),
+            status,
+        ));
+    }
     if let Some(l) = metrics_listener {
         tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics at /metrics");
         tokio::spawn(metrics::serve(l, daemon.commands(), plan.names.clone()));

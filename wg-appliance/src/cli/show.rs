@@ -62,6 +62,8 @@ pub fn show(ifname: Option<&str>) -> anyhow::Result<()> {
             match k {
                 "pins" => println!("  pins: {v}"),
                 "data_path" => println!("  data path: {v}"),
+                "peer_source" => println!("  peer source: {v}"),
+                "peer_source_state" => println!("  peer source state: {v}"),
                 "tunnel_xdp" => println!("  XDP on the tunnel: {v}"),
                 "wan_xdp" => println!("  XDP on WAN: {v}"),
                 _ => {}

@@ -318,6 +318,7 @@ impl Daemon {
             ticks: 0,
             cmd_tx,
             cmd_rx,
+            peer_source: None,
             fast: None,
         }
     }

@@ -55,7 +55,7 @@ use tokio::{
 
 pub use self::device::{DeviceSpec, InterfaceOptions};
 use self::peers::PeerState;
-pub use self::status::{FastStatus, HandshakeStats, PeerStatus, Status};
+pub use self::status::{FastStatus, HandshakeStats, PeerSourceStatus, PeerStatus, Status};
 pub use self::uapi::serve_uapi;
 /// The peers a [`DeviceSpec`] lists. Defined with the configuration (persist
 /// saves them too) and named here as well, being part of the daemon's input:
@@ -100,7 +100,12 @@ pub enum DaemonError {
 pub enum Command {
     Uapi(Request, oneshot::Sender<String>),
     Status(oneshot::Sender<Status>),
+    /// The peers as configured, for a peer source to compare with.
+    Specs(oneshot::Sender<Vec<PeerSpec>>),
 }
+
+/// A peer source's report, shared between its task and the daemon.
+pub type SharedSourceStatus = Arc<std::sync::Mutex<PeerSourceStatus>>;
 
 /// The control plane of one interface, owned by the one task that runs
 /// [`Daemon::run`].
@@ -155,6 +160,8 @@ pub struct Daemon {
     ticks: u64,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,
+    /// What the peer source feeding this interface reports, if one does.
+    peer_source: Option<SharedSourceStatus>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -183,6 +190,11 @@ impl Daemon {
 
     pub fn local_port(&self) -> u16 {
         self.listen_port
+    }
+
+    /// Reports of a peer source, shown in metrics, `show` and `doctor`.
+    pub fn attach_peer_source(&mut self, status: SharedSourceStatus) {
+        self.peer_source = Some(status);
     }
 
     /// A sender for [`Command`]s to this daemon's task.
@@ -268,6 +280,9 @@ impl Daemon {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.full_status());
+            }
+            Command::Specs(reply) => {
+                let _ = reply.send(self.specs());
             }
         }
     }

@@ -66,6 +66,34 @@ pub struct Status {
     pub pins: crate::persist::PinLifetime,
     /// When the interface's private key was set (None: it has none).
     pub private_key_set_at: Option<SystemTime>,
+    /// The peer source, when one feeds this interface.
+    pub peer_source: Option<PeerSourceStatus>,
+}
+
+/// What a peer source (etcd) reports: written by its task, read by
+/// metrics, `show` and `doctor` through the daemon.
+#[derive(Clone, Debug, Default)]
+pub struct PeerSourceStatus {
+    /// The source's URL (never with credentials).
+    pub url: String,
+    /// Whether the watch is running now.
+    pub connected: bool,
+    /// When `connected` last changed (or the task started).
+    pub since: Option<SystemTime>,
+    /// Why it is not connected (or the last failure to apply).
+    pub last_error: Option<String>,
+    /// The etcd revision the peers are in step with.
+    pub revision: i64,
+    /// Peers the source defines now (valid values, distinct keys).
+    pub peers: usize,
+    /// Keys whose value is not a valid `[Peer]` (their peer left as it was).
+    pub invalid: usize,
+    /// Changes applied to the daemon (snapshots and watch batches).
+    pub updates: u64,
+    /// Fresh snapshots after a disconnect or compaction.
+    pub resyncs: u64,
+    /// When the last snapshot or watch event was applied.
+    pub last_applied: Option<SystemTime>,
 }
 
 /// The fast path at scrape time.
@@ -140,7 +168,21 @@ impl Daemon {
             }),
             pins: self.pins.clone(),
             private_key_set_at: self.private_key_set_at,
+            peer_source: self.peer_source_status(),
         }
+    }
+
+    /// The peer source's report, when one runs.
+    pub(super) fn peer_source_status(&self) -> Option<PeerSourceStatus> {
+        self.peer_source
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// The peers as configured (keys, AllowedIPs, configured endpoint,
+    /// keepalive): what a peer source compares its wishes with.
+    pub(super) fn specs(&self) -> Vec<crate::config::PeerSpec> {
+        self.peers.values().map(|p| p.spec.clone()).collect()
     }
 
     /// What `appliance=1` answers (see [`crate::uapi::Request::Appliance`]).
@@ -208,6 +250,26 @@ impl Daemon {
         if let Some(t) = self.private_key_set_at {
             let age = now.duration_since(t).map_or(0, |d| d.as_secs());
             items.push(("private_key_age", age.to_string()));
+        }
+        if let Some(src) = self.peer_source_status() {
+            items.push(("peer_source", src.url.clone()));
+            let since = src
+                .since
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(0, |d| d.as_secs());
+            let state = if src.connected {
+                format!(
+                    "connected {since} revision {} peers {} invalid {}",
+                    src.revision, src.peers, src.invalid
+                )
+            } else {
+                format!(
+                    "unreachable {since} peers {} error {}",
+                    src.peers,
+                    src.last_error.as_deref().unwrap_or("not connected yet")
+                )
+            };
+            items.push(("peer_source_state", state));
         }
         for p in self.peers.values() {
             if let Some(t) = p.psk_set_at {

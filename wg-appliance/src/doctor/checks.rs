@@ -596,8 +596,41 @@ fn endpoints(ctx: &Ctx, out: &mut Out) {
 
 // ---------------------------------------------------------------- layer 3
 
+/// Layer 3's first check: where the peers come from, when etcd feeds them.
+fn peer_source(ctx: &Ctx, out: &mut Out) {
+    let Some(url) = ctx.app.get("peer_source") else {
+        return;
+    };
+    let state = ctx.app.get("peer_source_state").unwrap_or("");
+    let mut words = state.split(' ');
+    let (kind, secs) = (words.next().unwrap_or(""), words.next().unwrap_or("0"));
+    if kind == "connected" {
+        out.push(
+            3,
+            "peer_source",
+            Level::Ok,
+            format!("peers from {url}: watched for {secs} s ({})", words.collect::<Vec<_>>().join(" ")),
+        );
+    } else {
+        let rest: Vec<&str> = words.collect();
+        let why = rest
+            .iter()
+            .position(|w| *w == "error")
+            .map(|i| rest[i + 1..].join(" "))
+            .unwrap_or_default();
+        out.fix(
+            3,
+            "peer_source",
+            Level::Warn,
+            format!("peers from {url}: etcd unreachable for {secs} s ({why}); the tunnels go on with the last known peers, changes in etcd wait"),
+            "check etcd itself (`etcdctl --endpoints <member> endpoint health`), the route and firewall to it, and PeerSourceCa/Cert/Key/User if it uses TLS or auth; the daemon retries every 5 s and resyncs once back".into(),
+        );
+    }
+}
+
 fn layer3(ctx: &Ctx, out: &mut Out) {
     let ifname = &ctx.ifname;
+    peer_source(ctx, out);
     // Counters now, against those the walk started with.
     let now_app = Client::new(ifname)
         .and_then(|c| c.appliance())
