@@ -193,6 +193,10 @@ pub struct PeerSourceSetting {
     /// etcd user; its password is read from `password_file`.
     pub user: Option<String>,
     pub password_file: Option<std::path::PathBuf>,
+    /// The interface name in the keys (`PeerSourceName`): by default the
+    /// interface's own; a gateway whose interface is named otherwise than
+    /// the fleet's still reads the fleet's peers.
+    pub name: Option<String>,
 }
 
 impl PeerSourceSetting {
@@ -245,9 +249,10 @@ impl PeerSourceSetting {
         format!("etcd://{}{}/", self.endpoints.join(","), self.prefix)
     }
 
-    /// The keys holding `ifname`'s peers: `<prefix>/<ifname>/peers/`.
+    /// The keys holding `ifname`'s peers: `<prefix>/<name>/peers/`, the
+    /// name being `PeerSourceName` or else `ifname`.
     pub fn peers_prefix(&self, ifname: &str) -> String {
-        format!("{}/{ifname}/peers/", self.prefix)
+        format!("{}/{}/peers/", self.prefix, self.name.as_deref().unwrap_or(ifname))
     }
 }
 
@@ -512,6 +517,7 @@ impl Section {
                 "PeerSourceKey",
                 "PeerSourceUser",
                 "PeerSourcePasswordFile",
+                "PeerSourceName",
             ],
         }
     }
@@ -1071,7 +1077,7 @@ impl Parser<'_> {
             fix: fix.into(),
         };
         if src.endpoints.is_empty() {
-            let k = ["PeerSourceCa", "PeerSourceCert", "PeerSourceKey", "PeerSourceUser", "PeerSourcePasswordFile"]
+            let k = ["PeerSourceCa", "PeerSourceCert", "PeerSourceKey", "PeerSourceUser", "PeerSourcePasswordFile", "PeerSourceName"]
                 .into_iter()
                 .find(|k| self.appliance_seen.contains_key(k))
                 .unwrap_or("PeerSourceCa");
@@ -1151,6 +1157,16 @@ impl Parser<'_> {
                 "Cert" => src.cert = path()?,
                 "Key" => src.key = path()?,
                 "PasswordFile" => src.password_file = path()?,
+                "Name" => {
+                    if !valid_ifname(v) {
+                        return Err(bad(
+                            "not an interface name",
+                            "1-15 characters without spaces, '/' or ':'",
+                            "write the interface name the fleet's keys use, e.g. `PeerSourceName = wg0`",
+                        ));
+                    }
+                    src.name = Some(v.to_owned());
+                }
                 _ => {
                     if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
                         return Err(bad(
@@ -1745,6 +1761,9 @@ impl Config {
                 }
                 if let Some(u) = &src.user {
                     kv(&mut out, "PeerSourceUser", u);
+                }
+                if let Some(n) = &src.name {
+                    kv(&mut out, "PeerSourceName", n);
                 }
             }
             if let Some(c) = &a.cpus {

@@ -632,3 +632,45 @@ fn forwarding_return_routing_and_masquerade_parse_and_round_trip() {
         );
     }
 }
+
+#[test]
+fn peer_source_parses_round_trips_and_names_what_is_wrong() {
+    let c = parse(
+        "[Appliance]\nPeerSource = etcd://10.0.0.5:2379,[fd00::5]:2379,etcd3/wg-fleet/\nPeerSourceCa = /etc/wireguard/ca.pem\nPeerSourceCert = /etc/wireguard/c.pem\nPeerSourceKey = /etc/wireguard/c.key\nPeerSourceUser = gw\nPeerSourcePasswordFile = /etc/wireguard/etcd.pass\nPeerSourceName = wg0\n",
+        "wg0.conf",
+    )
+    .unwrap();
+    let src = c.appliance.peer_source.clone().expect("a peer source");
+    assert_eq!(
+        src.endpoints,
+        ["10.0.0.5:2379", "[fd00::5]:2379", "etcd3:2379"]
+    );
+    assert_eq!(src.prefix, "/wg-fleet");
+    assert_eq!(src.peers_prefix("wgx"), "/wg-fleet/wg0/peers/");
+    assert_eq!(parse(&c.to_wg_quick(), "x").unwrap(), c);
+    let bare = parse("[Appliance]\nPeerSource = etcd://h\n", "wg0.conf").unwrap();
+    assert_eq!(
+        bare.appliance.peer_source.unwrap().peers_prefix("wg1"),
+        "/wg1/peers/"
+    );
+    for (text, needle) in [
+        ("PeerSource = http://h:2379/x", "not an etcd:// URL"),
+        ("PeerSource = etcd://u:p@h:2379/x", "credentials do not go in the URL"),
+        ("PeerSource = etcd://h:99999/x", "bad port"),
+        ("PeerSource = etcd://,h/x", "an empty host"),
+        ("PeerSourceCa = ca.pem", "not an absolute path"),
+        ("PeerSourceName = a/b", "not an interface name"),
+        ("PeerSourceUser = gw", "is given without PeerSource"),
+    ] {
+        let m = err(&format!("[Appliance]\n{text}\n"));
+        assert!(m.contains(needle) && m.contains("Fix:"), "{text}: {m}");
+    }
+    for (text, needle) in [
+        ("PeerSourceCert = /c.pem", "needs its partner"),
+        ("PeerSourceCert = /c.pem\nPeerSourceKey = /c.key", "PeerSourceCa is missing"),
+        ("PeerSourceUser = gw", "needs its partner"),
+    ] {
+        let m = err(&format!("[Appliance]\nPeerSource = etcd://h/x\n{text}\n"));
+        assert!(m.contains(needle) && m.contains("Fix:"), "{text}: {m}");
+    }
+}
