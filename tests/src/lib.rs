@@ -13,6 +13,7 @@
 pub mod appliance;
 pub mod daemon;
 pub mod etcd;
+pub mod fleet;
 pub mod impair;
 pub mod packet;
 pub mod peers;

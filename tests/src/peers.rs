@@ -155,8 +155,10 @@ impl Drop for ThirdParty {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
         let _ = std::fs::remove_file(&self.key_file);
+        // Usually gone with its process already; quiet when it is.
         let _ = Command::new("ip")
             .args(["-n", &self.ns, "link", "del", &self.ifname])
+            .stderr(Stdio::null())
             .status();
     }
 }

@@ -194,6 +194,26 @@ fn iperf(
     Ok(bps / 1e6)
 }
 
+/// `cargo xtask demo --fleet`: builds the release binary and the fleet lab
+/// (tests/src/fleet.rs, the same lab the suite's fleet test measures), and
+/// runs it with six clients.
+pub fn run_fleet() -> Result<()> {
+    println!("==> building wg-appliance (release) and the fleet lab");
+    sh(
+        "cargo",
+        &["build", "--release", "--package", "wg-appliance"],
+    )?;
+    sh(
+        "cargo",
+        &["build", "--package", "wg-appliance-tests", "--bin", "fleet-demo"],
+    )?;
+    let bin = root().join("target/release/wg-appliance");
+    sh(
+        &root().join("target/debug/fleet-demo").display().to_string(),
+        &[&bin.display().to_string(), "6", "25"],
+    )
+}
+
 pub fn run_demo() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;

@@ -45,7 +45,12 @@ enum Task {
     /// Build the BPF programs (and the library that embeds them).
     BuildEbpf,
     /// Run the lab in network namespaces and show what the data path does.
-    Demo,
+    Demo {
+        /// Instead: a fleet of two gateways (one anycast address over BGP,
+        /// peers from etcd), one killed under traffic, failover measured.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Run every check and test: fmt, clippy, unit, BPF program and namespace tests.
     Test {
         /// Fail on any skipped test (CI runs this on the target machine kind).
@@ -80,7 +85,8 @@ fn main() {
         Task::Setup { prove: true, .. } => setup::prove(),
         Task::Setup { .. } => setup::run(),
         Task::BuildEbpf => setup::ensure().and_then(|()| build_ebpf()),
-        Task::Demo => setup::ensure().and_then(|()| demo::run_demo()),
+        Task::Demo { fleet: false } => setup::ensure().and_then(|()| demo::run_demo()),
+        Task::Demo { fleet: true } => setup::ensure().and_then(|()| demo::run_fleet()),
         Task::Test { strict } => setup::ensure().and_then(|()| test::run(strict)),
         Task::Ci => setup::ensure().and_then(|()| test::run(true)),
         Task::Bench { args } => setup::ensure().and_then(|()| bench::run(&args)),

@@ -37,6 +37,9 @@ const APT_PACKAGES: &[&str] = &[
     // package also starts one on 127.0.0.1:2379; the tests do not use it).
     "etcd-server",
     "etcd-client",
+    // bird2: the fleet test and `demo --fleet` announce the anycast address
+    // over BGP from each gateway to the router.
+    "bird2",
 ];
 
 /// Tools `cargo install` builds, each pinned to a full version: stable
@@ -85,7 +88,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step {
-        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux protobuf-compiler etcd-server etcd-client)",
+        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux protobuf-compiler etcd-server etcd-client bird2)",
         present: apt_present,
         install: apt_install,
         fix: "run as root with network access to the Debian mirrors: apt-get update && apt-get install --no-install-recommends <packages>",
