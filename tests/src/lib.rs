@@ -283,6 +283,10 @@ pub fn init_logging() {
 /// The `wg-appliance` binary of this workspace's debug build (`cargo xtask
 /// test` builds it before the tests run).
 pub fn appliance_bin() -> Result<std::path::PathBuf> {
+    // A measurement's choice (e.g. the release build for docs/scale.md).
+    if let Some(b) = std::env::var_os("WG_APPLIANCE_BIN") {
+        return Ok(b.into());
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));

@@ -294,6 +294,27 @@ fn ten_thousand_peers_load_from_etcd() {
             panic!("{e}; {} peers; the daemon's log:\n{}", count(), log.unwrap_or_default())
         });
     let took = t0.elapsed();
-    eprintln!("{N} peers from etcd in wg show {took:?} after `up` returned (debug build)");
+    let build = wg_appliance_tests::appliance_bin().expect("binary");
+    eprintln!("{N} peers from etcd in wg show {took:?} after `up` returned ({})", build.display());
     assert_eq!(allowed_v4_entries(&lab), N, "every prefix in the data path");
+
+    // One more change with 10,000 peers in place: etcdctl returning to
+    // `wg show` showing it (the figure of docs/scale.md).
+    let one = PrivateKey::generate().public_key().to_base64();
+    let t0 = Instant::now();
+    etcd.put(
+        &format!("/big/{}/peers/one-more", lab.ifname),
+        &format!("[Peer]\nPublicKey = {one}\nAllowedIPs = 10.120.0.1/32\n"),
+    )
+    .expect("put");
+    let put = t0.elapsed();
+    wait_until(Duration::from_secs(10), "one more peer", || {
+        wg(&lab, "peers").contains(&one)
+    })
+    .expect("applied");
+    eprintln!(
+        "one peer added at {N} peers: etcdctl put {put:?}, in wg show {:?} after the put began ({}; includes polling `wg show` of {N} peers)",
+        t0.elapsed(),
+        build.display()
+    );
 }
