@@ -48,17 +48,36 @@ impl Tls {
         std::fs::create_dir_all(dir)?;
         let p = |n: &str| dir.join(n);
         let run = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl").args(args).output().context("openssl")?;
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .context("openssl")?;
             if !out.status.success() {
-                bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Ok(())
         };
         let s = |p: &PathBuf| p.display().to_string();
         let (ca, ca_key) = (p("ca.pem"), p("ca.key"));
         run(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "1", "-subj", "/CN=wg-appliance test CA", "-keyout", &s(&ca_key), "-out",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=wg-appliance test CA",
+            "-keyout",
+            &s(&ca_key),
+            "-out",
             &s(&ca),
         ])?;
         let leaf = |name: &str, cn: &str, ext: &str| -> Result<(PathBuf, PathBuf)> {
@@ -70,12 +89,35 @@ impl Tls {
             );
             std::fs::write(&extf, ext)?;
             run(&[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
-                &format!("/CN={cn}"), "-keyout", &s(&key), "-out", &s(&csr),
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &s(&key),
+                "-out",
+                &s(&csr),
             ])?;
             run(&[
-                "x509", "-req", "-in", &s(&csr), "-CA", &s(&ca), "-CAkey", &s(&ca_key),
-                "-CAcreateserial", "-days", "1", "-extfile", &s(&extf), "-out", &s(&cert),
+                "x509",
+                "-req",
+                "-in",
+                &s(&csr),
+                "-CA",
+                &s(&ca),
+                "-CAkey",
+                &s(&ca_key),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &s(&extf),
+                "-out",
+                &s(&cert),
             ])?;
             Ok((cert, key))
         };
@@ -84,8 +126,7 @@ impl Tls {
             ip,
             &format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n"),
         )?;
-        let (client_cert, client_key) =
-            leaf("client", client_cn, "extendedKeyUsage=clientAuth\n")?;
+        let (client_cert, client_key) = leaf("client", client_cn, "extendedKeyUsage=clientAuth\n")?;
         Ok(Tls {
             dir: dir.to_owned(),
             ca,
@@ -160,16 +201,32 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.port + 1);
         let data = self.data.display().to_string();
         let mut args: Vec<String> = [
-            "--name", "m1", "--data-dir", &data, "--listen-client-urls", &client,
-            "--advertise-client-urls", &client, "--listen-peer-urls", &peer,
-            "--initial-advertise-peer-urls", &peer, "--initial-cluster",
-            &format!("m1={peer}"), "--log-level", "warn",
+            "--name",
+            "m1",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("m1={peer}"),
+            "--log-level",
+            "warn",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         if let Some((ca, cert, key, _, _)) = &self.tls {
-            for (k, v) in [("--cert-file", cert), ("--key-file", key), ("--trusted-ca-file", ca)] {
+            for (k, v) in [
+                ("--cert-file", cert),
+                ("--key-file", key),
+                ("--trusted-ca-file", ca),
+            ] {
                 args.push(k.into());
                 args.push(v.display().to_string());
             }
@@ -196,8 +253,20 @@ impl Etcd {
     pub fn ctl_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
         use std::io::Write as _;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns_name, "etcdctl", "--dial-timeout=2s", "--command-timeout=20s"])
-            .arg(format!("--endpoints={}://{}:{}", self.scheme(), self.ip, self.port));
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns_name,
+            "etcdctl",
+            "--dial-timeout=2s",
+            "--command-timeout=20s",
+        ])
+        .arg(format!(
+            "--endpoints={}://{}:{}",
+            self.scheme(),
+            self.ip,
+            self.port
+        ));
         if let Some((ca, _, _, cert, key)) = &self.tls {
             cmd.arg(format!("--cacert={}", ca.display()))
                 .arg(format!("--cert={}", cert.display()))
@@ -207,12 +276,20 @@ impl Etcd {
             cmd.arg(format!("--user={u}:{p}"));
         }
         cmd.args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("etcdctl")?;
         if let Some(text) = input {
-            child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(text.as_bytes())?;
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {

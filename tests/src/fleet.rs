@@ -141,7 +141,11 @@ fn paths(router: &Netns) -> usize {
 
 /// Builds the fleet, fails the first gateway, and reports.
 pub fn run(o: &FleetOpts) -> Result<FleetReport> {
-    let dir = std::env::temp_dir().join(format!("wgt-fleet-{}-{}", std::process::id(), unique_name("")));
+    let dir = std::env::temp_dir().join(format!(
+        "wgt-fleet-{}-{}",
+        std::process::id(),
+        unique_name("")
+    ));
     std::fs::create_dir_all(&dir)?;
     let r = run_in(o, &dir);
     let _ = std::fs::remove_dir_all(&dir);
@@ -153,13 +157,22 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
     let router = Netns::new()?;
     router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     router.exec("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1"])?;
-    router.exec("sysctl", &["-qw", "net.ipv4.conf.all.ignore_routes_with_linkdown=1"])?;
+    router.exec(
+        "sysctl",
+        &["-qw", "net.ipv4.conf.all.ignore_routes_with_linkdown=1"],
+    )?;
     router.ip(&["addr", "add", &format!("{ETCD_IP}/32"), "dev", "lo"])?;
     let etcd = Etcd::start(&router, ETCD_IP, 2379, None)?;
 
     let gw_key = PrivateKey::generate();
     let client_keys: Vec<PrivateKey> = (0..o.clients).map(|_| PrivateKey::generate()).collect();
-    say(o, &format!("etcd: {} client peers under /fleet/{FLEET_IF}/peers/", o.clients));
+    say(
+        o,
+        &format!(
+            "etcd: {} client peers under /fleet/{FLEET_IF}/peers/",
+            o.clients
+        ),
+    );
     let kvs: Vec<(String, String)> = client_keys
         .iter()
         .enumerate()
@@ -202,8 +215,11 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
         );
         write_private(&conf, &text)?;
         say(o, &format!("gateway {}: wg-appliance up (peers from etcd), BIRD, health --announce {ANYCAST}/32", g + 1));
-        ns.exec(&o.bin.display().to_string(), &["up", &conf.display().to_string()])
-            .context("wg-appliance up")?;
+        ns.exec(
+            &o.bin.display().to_string(),
+            &["up", &conf.display().to_string()],
+        )
+        .context("wg-appliance up")?;
         let bird_conf = format!(
             "router id 10.60.{g}.2;\nprotocol device {{ scan time 1; }}\nprotocol direct {{ ipv4; interface \"lo\"; }}\nprotocol bgp up {{\n  local 10.60.{g}.2 as 65001;\n  neighbor 10.60.{g}.1 as 65000;\n  hold time 3; keepalive time 1; connect retry time 1;\n  ipv4 {{ import none; export where net = {ANYCAST}/32; }};\n}}\n"
         );
@@ -222,9 +238,11 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
     }
     let _router_bird = bird(&router, dir, "router", &router_bird)?;
     for gw in &gateways {
-        wait_until(Duration::from_secs(20), "every etcd peer on the gateway", || {
-            peer_count(gw) == o.clients
-        })?;
+        wait_until(
+            Duration::from_secs(20),
+            "every etcd peer on the gateway",
+            || peer_count(gw) == o.clients,
+        )?;
     }
     let up_at = Instant::now();
     for gw in &mut gateways {
@@ -241,9 +259,11 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
             ],
         )?);
     }
-    wait_until(Duration::from_secs(30), "the router's route over both gateways", || {
-        paths(&router) == 2
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the router's route over both gateways",
+        || paths(&router) == 2,
+    )
     .with_context(|| {
         format!(
             "router route: {}",
@@ -254,9 +274,21 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
         )
     })?;
     let announce = up_at.elapsed();
-    say(o, &format!("router: {ANYCAST}/32 over 2 paths, {:.1} s after the announcers started", announce.as_secs_f64()));
+    say(
+        o,
+        &format!(
+            "router: {ANYCAST}/32 over 2 paths, {:.1} s after the announcers started",
+            announce.as_secs_f64()
+        ),
+    );
 
-    say(o, &format!("{} wireguard-go clients, each pinging {TUNNEL_GW} every 100 ms through the tunnel", o.clients));
+    say(
+        o,
+        &format!(
+            "{} wireguard-go clients, each pinging {TUNNEL_GW} every 100 ms through the tunnel",
+            o.clients
+        ),
+    );
     let gw_pub = gw_key.public_key();
     let mut clients = Vec::new();
     for (i, key) in client_keys.iter().enumerate() {
@@ -276,7 +308,12 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
             40000 + n as u16,
             &format!("10.99.0.{}/24", 10 + n),
         )?;
-        tp.add_peer(&ns, &gw_pub, Some(&format!("{ANYCAST}:51820")), "10.99.0.0/24")?;
+        tp.add_peer(
+            &ns,
+            &gw_pub,
+            Some(&format!("{ANYCAST}:51820")),
+            "10.99.0.0/24",
+        )?;
         let ping = Bg::spawn(&ns, "ping", &["-D", "-i", "0.1", "-W", "1", TUNNEL_GW])?;
         clients.push((tp, ping, ns, _link));
     }
@@ -295,12 +332,21 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
             .filter(|(_, x)| **x == Some(g))
             .map(|(i, _)| (i + 1).to_string())
             .collect();
-        say(o, &format!("clients on gateway {}: {}", g + 1, list.join(" ")));
+        say(
+            o,
+            &format!("clients on gateway {}: {}", g + 1, list.join(" ")),
+        );
     }
 
     let kill = unix_now();
     router.ip(&["link", "set", &links[0].a, "down"])?;
-    say(o, &format!("gateway 1's link cut (the box died); watching for {} s", o.watch.as_secs()));
+    say(
+        o,
+        &format!(
+            "gateway 1's link cut (the box died); watching for {} s",
+            o.watch.as_secs()
+        ),
+    );
     std::thread::sleep(o.watch);
     let mut outcomes = Vec::new();
     let paths_after_kill = paths(&router);
@@ -327,13 +373,18 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
     let survivor_peers = hs.len();
     let survivor_peers_with_handshake = hs.iter().filter(|v| **v > 0.0).count();
 
-    say(o, "gateway 2's announcer stopped (SIGTERM): BGP withdraws the route");
+    say(
+        o,
+        "gateway 2's announcer stopped (SIGTERM): BGP withdraws the route",
+    );
     let t = Instant::now();
     if let Some(a) = gateways[1].announcer.take() {
         a.signal(libc::SIGTERM)?;
         a.finish(Duration::from_secs(10))?;
     }
-    wait_until(Duration::from_secs(15), "the route withdrawn", || paths(&router) == 0)?;
+    wait_until(Duration::from_secs(15), "the route withdrawn", || {
+        paths(&router) == 0
+    })?;
     let withdraw = t.elapsed();
     drop(etcd);
     Ok(FleetReport {
@@ -362,7 +413,10 @@ impl FleetReport {
                     c.index,
                     d.as_secs_f64()
                 )),
-                None => s.push_str(&format!("client {} on {on}: no reply since the kill\n", c.index)),
+                None => s.push_str(&format!(
+                    "client {} on {on}: no reply since the kill\n",
+                    c.index
+                )),
             }
         }
         s.push_str(&format!(
@@ -433,7 +487,7 @@ fn longest_silence(ping: &str, kill: f64) -> Option<Duration> {
         .filter(|l| l.contains("bytes from"))
         .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
         .collect();
-    let before = times.iter().copied().filter(|t| *t <= kill).last();
+    let before = times.iter().copied().rfind(|t| *t <= kill);
     let after: Vec<f64> = times.iter().copied().filter(|t| *t > kill).collect();
     if after.is_empty() {
         return None;

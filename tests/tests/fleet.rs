@@ -52,16 +52,24 @@ fn a_dead_gateways_clients_move_to_the_survivor_and_the_others_never_notice() {
         // The router's L4 hash put every client on one gateway (1 in 512
         // with 10 clients): nothing to fail over; build it again.
         if (on_killed == 0 || on_killed == CLIENTS) && attempt < 3 {
-            retried(test, attempt, "the ECMP hash put every client on one gateway");
+            retried(
+                test,
+                attempt,
+                "the ECMP hash put every client on one gateway",
+            );
             attempt += 1;
             continue;
         }
         break r;
     };
     for c in &report.clients {
-        let gap = c
-            .silence
-            .unwrap_or_else(|| panic!("client {} never talked again:\n{}", c.index, report.describe()));
+        let gap = c.silence.unwrap_or_else(|| {
+            panic!(
+                "client {} never talked again:\n{}",
+                c.index,
+                report.describe()
+            )
+        });
         match c.gateway {
             Some(0) => assert!(
                 gap >= Duration::from_secs(5) && gap <= Duration::from_secs(20),
@@ -78,11 +86,23 @@ fn a_dead_gateways_clients_move_to_the_survivor_and_the_others_never_notice() {
             None => panic!("client {} had no handshake before the kill:\n{}", c.index, report.describe()),
         }
     }
-    assert_eq!(report.survivor_peers, CLIENTS, "every etcd peer on the survivor");
+    assert_eq!(
+        report.survivor_peers, CLIENTS,
+        "every etcd peer on the survivor"
+    );
     assert_eq!(
         report.survivor_peers_with_handshake, CLIENTS,
         "the survivor's metrics show every client, the moved ones included"
     );
-    assert_eq!(report.paths_after_kill, 1, "BGP withdrew the dead gateway's path:\n{}", report.describe());
-    assert!(report.withdraw <= Duration::from_secs(5), "{:?}", report.withdraw);
+    assert_eq!(
+        report.paths_after_kill,
+        1,
+        "BGP withdrew the dead gateway's path:\n{}",
+        report.describe()
+    );
+    assert!(
+        report.withdraw <= Duration::from_secs(5),
+        "{:?}",
+        report.withdraw
+    );
 }

@@ -104,7 +104,10 @@ fn etcd_peers_apply_in_place_and_survive_etcd_going_away() {
         show(&lab).contains("peer source state: connected")
     })
     .expect("connected");
-    assert!(wg(&lab, "peers").trim().is_empty(), "no peer before etcd has one");
+    assert!(
+        wg(&lab, "peers").trim().is_empty(),
+        "no peer before etcd has one"
+    );
 
     // A new peer: in `wg show` within a second, then traffic.
     etcd.put(&key, &lab.far_peer_section("")).expect("put");
@@ -112,7 +115,8 @@ fn etcd_peers_apply_in_place_and_survive_etcd_going_away() {
         wg(&lab, "peers").contains(&far)
     });
     eprintln!("peer from etcd in wg show after {took:?}");
-    lab.warm_up(Duration::from_secs(20)).expect("traffic through the etcd peer");
+    lab.warm_up(Duration::from_secs(20))
+        .expect("traffic through the etcd peer");
 
     // AllowedIPs changed: applied in place, the session goes on.
     let hs_before = wg(&lab, "latest-handshakes");
@@ -122,23 +126,37 @@ fn etcd_peers_apply_in_place_and_survive_etcd_going_away() {
     time_until(Duration::from_secs(1), "the new AllowedIPs", || {
         wg(&lab, "allowed-ips").contains("10.99.0.0/24")
     });
-    assert!(ping_all(&lab.lan, None, SITE, 5, "0.2"), "traffic right after the change");
-    assert_eq!(wg(&lab, "latest-handshakes"), hs_before, "no new handshake: the session went on");
+    assert!(
+        ping_all(&lab.lan, None, SITE, 5, "0.2"),
+        "traffic right after the change"
+    );
+    assert_eq!(
+        wg(&lab, "latest-handshakes"),
+        hs_before,
+        "no new handshake: the session went on"
+    );
     assert!(
         transfer_rx(&wg(&lab, "transfer")) > rx_before,
         "the peer's counters kept counting (it was not re-created)"
     );
     let entries = allowed_v4_entries(&lab);
-    assert_eq!(entries, 3, "{PEER_TUN}/32, 10.97.0.0/24, 10.99.0.0/24", PEER_TUN = ops_lab::PEER_TUN);
+    assert_eq!(
+        entries,
+        3,
+        "{PEER_TUN}/32, 10.97.0.0/24, 10.99.0.0/24",
+        PEER_TUN = ops_lab::PEER_TUN
+    );
 
     // An invalid value: refused with its key named, counted; the peer stays.
     let bad = format!("/fleet/{ifname}/peers/broken");
-    etcd.put(&bad, "[Peer]\nPublicKey = not-a-key\n").expect("put");
+    etcd.put(&bad, "[Peer]\nPublicKey = not-a-key\n")
+        .expect("put");
     wait_until(Duration::from_secs(2), "the invalid value counted", || {
         metric(&lab, "wg_appliance_peer_source_invalid_values{") == Some(1.0)
     })
     .expect("invalid counted");
-    let log = std::fs::read_to_string(format!("/var/log/wg-appliance/{ifname}.log")).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(format!("/var/log/wg-appliance/{ifname}.log")).unwrap_or_default();
     assert!(
         log.contains(&bad) && log.contains("etcd value ignored"),
         "the log names the key:\n{log}"
@@ -152,11 +170,19 @@ fn etcd_peers_apply_in_place_and_survive_etcd_going_away() {
         metric(&lab, "wg_appliance_peer_source_connected{") == Some(0.0)
     })
     .expect("disconnected in metrics");
-    assert!(ping_all(&lab.lan, None, SITE, 20, "0.1"), "forwarding while etcd is down");
-    assert!(show(&lab).contains("peer source state: unreachable"), "{}", show(&lab));
+    assert!(
+        ping_all(&lab.lan, None, SITE, 20, "0.1"),
+        "forwarding while etcd is down"
+    );
+    assert!(
+        show(&lab).contains("peer source state: unreachable"),
+        "{}",
+        show(&lab)
+    );
     let (_, doctor) = lab.doctor(&[]).expect("doctor");
     assert!(
-        doctor.contains("etcd unreachable for") && doctor.contains("the tunnels go on with the last known peers"),
+        doctor.contains("etcd unreachable for")
+            && doctor.contains("the tunnels go on with the last known peers"),
         "{doctor}"
     );
 
@@ -168,21 +194,36 @@ fn etcd_peers_apply_in_place_and_survive_etcd_going_away() {
         &format!("[Peer]\nPublicKey = {second}\nAllowedIPs = 10.99.1.0/24\n"),
     )
     .expect("put");
-    wait_until(Duration::from_secs(15), "the second peer after etcd returned", || {
-        wg(&lab, "peers").contains(&second)
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the second peer after etcd returned",
+        || wg(&lab, "peers").contains(&second),
+    )
     .expect("watch resumed");
-    assert_eq!(metric(&lab, "wg_appliance_peer_source_connected{"), Some(1.0));
+    assert_eq!(
+        metric(&lab, "wg_appliance_peer_source_connected{"),
+        Some(1.0)
+    );
     assert!(metric(&lab, "wg_appliance_peer_source_resyncs_total{").unwrap_or(0.0) >= 1.0);
-    assert!(wg(&lab, "peers").contains(&far), "the far site kept through it all");
+    assert!(
+        wg(&lab, "peers").contains(&far),
+        "the far site kept through it all"
+    );
 
     // A deleted key: the peer leaves wg show and the BPF maps.
     etcd.del(&key).expect("del");
     time_until(Duration::from_secs(1), "the peer gone", || {
         !wg(&lab, "peers").contains(&far)
     });
-    assert_eq!(allowed_v4_entries(&lab), 1, "only the second peer's prefix is left");
-    assert!(!ping_all(&lab.lan, None, SITE, 1, "0.2"), "no route to the far site without its peer");
+    assert_eq!(
+        allowed_v4_entries(&lab),
+        1,
+        "only the second peer's prefix is left"
+    );
+    assert!(
+        !ping_all(&lab.lan, None, SITE, 1, "0.2"),
+        "no route to the far site without its peer"
+    );
 }
 
 /// The received bytes of the only peer in `wg show <if> transfer`.
@@ -223,16 +264,22 @@ fn etcd_with_tls_client_certificates_and_a_password() {
     let mut etcd = Etcd::start(&lab.gw, "127.0.0.1", PORT, Some(&tls)).expect("etcd");
     etcd.enable_auth("s3cret-pass").expect("auth on");
     let far = lab.peer_key.public_key().to_base64();
-    etcd.put(&format!("/secure/{}/peers/far", lab.ifname), &lab.far_peer_section(""))
-        .expect("put");
-    wait_until(Duration::from_secs(20), "the peer over TLS with auth", || {
-        wg(&lab, "peers").contains(&far)
-    })
+    etcd.put(
+        &format!("/secure/{}/peers/far", lab.ifname),
+        &lab.far_peer_section(""),
+    )
+    .expect("put");
+    wait_until(
+        Duration::from_secs(20),
+        "the peer over TLS with auth",
+        || wg(&lab, "peers").contains(&far),
+    )
     .expect("peer applied");
     lab.warm_up(Duration::from_secs(20)).expect("traffic");
     let s = show(&lab);
     assert!(s.contains("peer source state: connected"), "{s}");
-    let log = std::fs::read_to_string(format!("/var/log/wg-appliance/{}.log", lab.ifname)).unwrap_or_default();
+    let log = std::fs::read_to_string(format!("/var/log/wg-appliance/{}.log", lab.ifname))
+        .unwrap_or_default();
     assert!(!log.contains("s3cret-pass"), "the password is never logged");
     drop(lab);
 
@@ -288,14 +335,23 @@ fn ten_thousand_peers_load_from_etcd() {
     lab.restart(&o).expect("restart");
     let t0 = Instant::now();
     let count = || wg(&lab, "peers").lines().count();
-    wait_until(Duration::from_secs(120), "10,000 peers from etcd", || count() == N)
-        .unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(format!("/var/log/wg-appliance/{}.log", lab.ifname));
-            panic!("{e}; {} peers; the daemon's log:\n{}", count(), log.unwrap_or_default())
-        });
+    wait_until(Duration::from_secs(120), "10,000 peers from etcd", || {
+        count() == N
+    })
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(format!("/var/log/wg-appliance/{}.log", lab.ifname));
+        panic!(
+            "{e}; {} peers; the daemon's log:\n{}",
+            count(),
+            log.unwrap_or_default()
+        )
+    });
     let took = t0.elapsed();
     let build = wg_appliance_tests::appliance_bin().expect("binary");
-    eprintln!("{N} peers from etcd in wg show {took:?} after `up` returned ({})", build.display());
+    eprintln!(
+        "{N} peers from etcd in wg show {took:?} after `up` returned ({})",
+        build.display()
+    );
     assert_eq!(allowed_v4_entries(&lab), N, "every prefix in the data path");
 
     // One more change with 10,000 peers in place: etcdctl returning to

@@ -203,9 +203,7 @@ impl PeerSourceSetting {
     /// Parses the URL of `PeerSource` (or `--peer-source`); the error is a
     /// short "why". Credentials never go in the URL (they have their keys).
     pub fn parse_url(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("etcd://")
-            .ok_or("not an etcd:// URL")?;
+        let rest = s.strip_prefix("etcd://").ok_or("not an etcd:// URL")?;
         let (hosts, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -252,7 +250,11 @@ impl PeerSourceSetting {
     /// The keys holding `ifname`'s peers: `<prefix>/<name>/peers/`, the
     /// name being `PeerSourceName` or else `ifname`.
     pub fn peers_prefix(&self, ifname: &str) -> String {
-        format!("{}/{}/peers/", self.prefix, self.name.as_deref().unwrap_or(ifname))
+        format!(
+            "{}/{}/peers/",
+            self.prefix,
+            self.name.as_deref().unwrap_or(ifname)
+        )
     }
 }
 
@@ -1077,22 +1079,53 @@ impl Parser<'_> {
             fix: fix.into(),
         };
         if src.endpoints.is_empty() {
-            let k = ["PeerSourceCa", "PeerSourceCert", "PeerSourceKey", "PeerSourceUser", "PeerSourcePasswordFile", "PeerSourceName"]
-                .into_iter()
-                .find(|k| self.appliance_seen.contains_key(k))
-                .unwrap_or("PeerSourceCa");
-            return Err(need(k, "is given without PeerSource", "add `PeerSource = etcd://host:port/prefix`, or remove the line"));
+            let k = [
+                "PeerSourceCa",
+                "PeerSourceCert",
+                "PeerSourceKey",
+                "PeerSourceUser",
+                "PeerSourcePasswordFile",
+                "PeerSourceName",
+            ]
+            .into_iter()
+            .find(|k| self.appliance_seen.contains_key(k))
+            .unwrap_or("PeerSourceCa");
+            return Err(need(
+                k,
+                "is given without PeerSource",
+                "add `PeerSource = etcd://host:port/prefix`, or remove the line",
+            ));
         }
         if src.cert.is_some() != src.key.is_some() {
-            let k = if src.cert.is_some() { "PeerSourceCert" } else { "PeerSourceKey" };
-            return Err(need(k, "needs its partner (PeerSourceCert and PeerSourceKey go together)", "give both the client certificate and its key, or neither"));
+            let k = if src.cert.is_some() {
+                "PeerSourceCert"
+            } else {
+                "PeerSourceKey"
+            };
+            return Err(need(
+                k,
+                "needs its partner (PeerSourceCert and PeerSourceKey go together)",
+                "give both the client certificate and its key, or neither",
+            ));
         }
         if (src.cert.is_some() || src.key.is_some()) && src.ca.is_none() {
-            return Err(need("PeerSourceCert", "is a TLS setting but PeerSourceCa is missing", "add `PeerSourceCa = <the CA that signed etcd's certificate>`"));
+            return Err(need(
+                "PeerSourceCert",
+                "is a TLS setting but PeerSourceCa is missing",
+                "add `PeerSourceCa = <the CA that signed etcd's certificate>`",
+            ));
         }
         if src.user.is_some() != src.password_file.is_some() {
-            let k = if src.user.is_some() { "PeerSourceUser" } else { "PeerSourcePasswordFile" };
-            return Err(need(k, "needs its partner (PeerSourceUser and PeerSourcePasswordFile go together)", "give the etcd user and a 0600 file holding its password, or neither"));
+            let k = if src.user.is_some() {
+                "PeerSourceUser"
+            } else {
+                "PeerSourcePasswordFile"
+            };
+            return Err(need(
+                k,
+                "needs its partner (PeerSourceUser and PeerSourcePasswordFile go together)",
+                "give the etcd user and a 0600 file holding its password, or neither",
+            ));
         }
         Ok(())
     }

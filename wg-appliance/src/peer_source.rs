@@ -31,8 +31,7 @@ use std::{
 };
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions,
-    WatchOptions,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
 };
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
@@ -104,8 +103,11 @@ impl EtcdSource {
         let tls = match &setting.ca {
             None => None,
             Some(ca) => {
-                let mut t = TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(read("CA certificate", "PeerSourceCa", ca)?));
+                let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(
+                    "CA certificate",
+                    "PeerSourceCa",
+                    ca,
+                )?));
                 if let (Some(cert), Some(key)) = (&setting.cert, &setting.key) {
                     t = t.identity(Identity::from_pem(
                         read("client certificate", "PeerSourceCert", cert)?,
@@ -132,7 +134,9 @@ impl EtcdSource {
                     });
                 }
                 let text = read("password file", "PeerSourcePasswordFile", path)?;
-                let password = String::from_utf8_lossy(&text).trim_end_matches(['\n', '\r']).to_owned();
+                let password = String::from_utf8_lossy(&text)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
                 if password.is_empty() {
                     return Err(SourceError::EmptyPassword { path: path.clone() });
                 }
@@ -308,10 +312,7 @@ impl Desired {
                 per_peer.push(ops);
             }
         }
-        per_peer
-            .chunks(PEERS_PER_SET)
-            .map(|c| c.concat())
-            .collect()
+        per_peer.chunks(PEERS_PER_SET).map(|c| c.concat()).collect()
     }
 }
 
@@ -320,7 +321,10 @@ impl Desired {
 /// configured (a roamed endpoint is left alone).
 fn peer_ops(w: &Wanted, have: Option<&PeerSpec>) -> Vec<SetOp> {
     let mut ops = Vec::new();
-    let psk_same = match (have.and_then(|h| h.preshared_key.as_ref()), &w.preshared_key) {
+    let psk_same = match (
+        have.and_then(|h| h.preshared_key.as_ref()),
+        &w.preshared_key,
+    ) {
         (Some(a), Some(b)) => a.as_bytes() == b.as_bytes(),
         (None, None) => true,
         _ => false,
@@ -399,7 +403,10 @@ impl Routes {
                 tracing::warn!(route = %net, "not adding a default route through the tunnel for an etcd peer: that needs policy routing; add it yourself or narrow AllowedIPs");
                 continue;
             }
-            batch.push_str(&format!("route replace {net} dev {}{suffix}\n", self.ifname));
+            batch.push_str(&format!(
+                "route replace {net} dev {}{suffix}\n",
+                self.ifname
+            ));
         }
         if batch.is_empty() {
             return;
@@ -421,7 +428,9 @@ impl Routes {
         .await;
         match result {
             Ok(out) if out.status.success() => {}
-            Ok(out) => tracing::warn!(error = %String::from_utf8_lossy(&out.stderr).trim(), "some routes for etcd peers were not changed"),
+            Ok(out) => {
+                tracing::warn!(error = %String::from_utf8_lossy(&out.stderr).trim(), "some routes for etcd peers were not changed")
+            }
             Err(e) => tracing::warn!(error = %e, "cannot run `ip` for the etcd peers' routes"),
         }
         self.installed = wanted;
@@ -517,7 +526,12 @@ async fn session(
         if revision != 0 {
             opts = opts.with_revision(revision);
         }
-        let page = match tokio::time::timeout(Duration::from_secs(10), client.get(from.clone(), Some(opts))).await {
+        let page = match tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get(from.clone(), Some(opts)),
+        )
+        .await
+        {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return fail("reading the snapshot", e),
             Err(_) => return Session::Failed("reading the snapshot: timed out after 10 s".into()),
@@ -537,7 +551,8 @@ async fn session(
             _ => break,
         }
     }
-    let resync = !desired.entries.is_empty() || !desired.invalid.is_empty()
+    let resync = !desired.entries.is_empty()
+        || !desired.invalid.is_empty()
         || status.lock().map(|s| s.updates > 0).unwrap_or(false);
     desired.entries.clear();
     desired.invalid.clear();
@@ -555,7 +570,12 @@ async fn session(
             s.resyncs += 1;
         }
     });
-    tracing::info!(keys = entries.len(), revision, ms = started.elapsed().as_millis() as u64, "peers loaded from etcd; watching");
+    tracing::info!(
+        keys = entries.len(),
+        revision,
+        ms = started.elapsed().as_millis() as u64,
+        "peers loaded from etcd; watching"
+    );
 
     let opts = WatchOptions::new()
         .with_range(end)
@@ -626,7 +646,11 @@ async fn apply(
     let mut failure = None;
     for ops in batches {
         let (tx, rx) = oneshot::channel();
-        if cmds.send(Command::Uapi(Request::Set(ops), tx)).await.is_err() {
+        if cmds
+            .send(Command::Uapi(Request::Set(ops), tx))
+            .await
+            .is_err()
+        {
             return Err(Session::DaemonGone);
         }
         let reply = rx.await.unwrap_or_default();
@@ -639,7 +663,12 @@ async fn apply(
     let wanted = desired.by_peer();
     let peers = wanted.len();
     routes
-        .sync(wanted.values().flat_map(|w| w.allowed_ips.iter().copied()).collect())
+        .sync(
+            wanted
+                .values()
+                .flat_map(|w| w.allowed_ips.iter().copied())
+                .collect(),
+        )
         .await;
     set(status, |s| {
         s.revision = revision;
@@ -683,9 +712,17 @@ mod tests {
     #[tokio::test]
     async fn unchanged_peers_are_not_touched_and_changes_are_minimal() {
         let mut d = Desired::default();
-        d.put("/p/wg0/peers/a", value(&key(1), "10.0.0.1/32").as_bytes()).await;
-        d.put("/p/wg0/peers/b", value(&key(2), "10.0.0.2/32, 10.9.0.0/16").as_bytes()).await;
-        let current = vec![spec(key(1), &["10.0.0.1/32"]), spec(key(2), &["10.0.0.2/32"])];
+        d.put("/p/wg0/peers/a", value(&key(1), "10.0.0.1/32").as_bytes())
+            .await;
+        d.put(
+            "/p/wg0/peers/b",
+            value(&key(2), "10.0.0.2/32, 10.9.0.0/16").as_bytes(),
+        )
+        .await;
+        let current = vec![
+            spec(key(1), &["10.0.0.1/32"]),
+            spec(key(2), &["10.0.0.2/32"]),
+        ];
         let ops = d.ops(&current).concat();
         assert_eq!(
             ops,
@@ -696,7 +733,10 @@ mod tests {
                 SetOp::AllowedIp("10.9.0.0/16".parse().unwrap()),
             ]
         );
-        let same = vec![spec(key(1), &["10.0.0.1/32"]), spec(key(2), &["10.9.0.0/16", "10.0.0.2/32"])];
+        let same = vec![
+            spec(key(1), &["10.0.0.1/32"]),
+            spec(key(2), &["10.9.0.0/16", "10.0.0.2/32"]),
+        ];
         assert!(d.ops(&same).is_empty());
     }
 
@@ -706,25 +746,44 @@ mod tests {
             local: [key(9)].into_iter().collect(),
             ..Default::default()
         };
-        d.put("/p/wg0/peers/a", value(&key(1), "10.0.0.1/32").as_bytes()).await;
-        let current = vec![spec(key(1), &["10.0.0.1/32"]), spec(key(3), &[]), spec(key(9), &[])];
-        assert_eq!(d.ops(&current).concat(), vec![SetOp::PublicKey(key(3)), SetOp::Remove]);
+        d.put("/p/wg0/peers/a", value(&key(1), "10.0.0.1/32").as_bytes())
+            .await;
+        let current = vec![
+            spec(key(1), &["10.0.0.1/32"]),
+            spec(key(3), &[]),
+            spec(key(9), &[]),
+        ];
+        assert_eq!(
+            d.ops(&current).concat(),
+            vec![SetOp::PublicKey(key(3)), SetOp::Remove]
+        );
         d.delete("/p/wg0/peers/a");
-        assert_eq!(d.ops(&current).concat(), vec![
-            SetOp::PublicKey(key(1)), SetOp::Remove, SetOp::PublicKey(key(3)), SetOp::Remove,
-        ]);
+        assert_eq!(
+            d.ops(&current).concat(),
+            vec![
+                SetOp::PublicKey(key(1)),
+                SetOp::Remove,
+                SetOp::PublicKey(key(3)),
+                SetOp::Remove,
+            ]
+        );
     }
 
     #[tokio::test]
     async fn an_invalid_value_keeps_the_peer_it_had_and_is_counted() {
         let mut d = Desired::default();
-        d.put("/p/wg0/peers/a", value(&key(1), "10.0.0.1/32").as_bytes()).await;
+        d.put("/p/wg0/peers/a", value(&key(1), "10.0.0.1/32").as_bytes())
+            .await;
         d.put("/p/wg0/peers/a", b"[Peer]\nPublicKey = nope\n").await;
         assert_eq!(d.invalid.len(), 1);
         assert!(d.ops(&[spec(key(1), &["10.0.0.1/32"])]).is_empty());
         for bad in [
             "[Interface]\nListenPort = 5\n[Peer]\nPublicKey = AAAA\n".to_owned(),
-            format!("{}{}", value(&key(1), "10.0.0.1/32"), value(&key(2), "10.0.0.2/32")),
+            format!(
+                "{}{}",
+                value(&key(1), "10.0.0.1/32"),
+                value(&key(2), "10.0.0.2/32")
+            ),
         ] {
             d.put("/p/wg0/peers/b", bad.as_bytes()).await;
             assert!(d.invalid.contains("/p/wg0/peers/b"), "{bad}");
@@ -740,7 +799,8 @@ mod tests {
             PresharedKey::from_bytes([7; 32]).to_base64().as_str()
         );
         d.put("/p/wg0/peers/a", v.as_bytes()).await;
-        d.put("/p/wg0/peers/z", value(&key(1), "10.7.0.0/16").as_bytes()).await;
+        d.put("/p/wg0/peers/z", value(&key(1), "10.7.0.0/16").as_bytes())
+            .await;
         let ops = d.ops(&[]).concat();
         assert_eq!(ops.len(), 6, "{ops:?}");
         assert_eq!(ops[0], SetOp::PublicKey(key(1)));
@@ -759,17 +819,25 @@ mod tests {
                 b[..4].copy_from_slice(&i.to_be_bytes());
                 b
             });
-            d.entries.insert(format!("k{i}"), Wanted {
-                public_key: pk,
-                preshared_key: None,
-                endpoint: None,
-                allowed_ips: vec![],
-                persistent_keepalive: None,
-            });
+            d.entries.insert(
+                format!("k{i}"),
+                Wanted {
+                    public_key: pk,
+                    preshared_key: None,
+                    endpoint: None,
+                    allowed_ips: vec![],
+                    persistent_keepalive: None,
+                },
+            );
         }
         let b = d.ops(&[]);
         assert_eq!(b.len(), 2);
-        assert_eq!(b[1].iter().filter(|o| matches!(o, SetOp::PublicKey(_))).count(), 3);
+        assert_eq!(
+            b[1].iter()
+                .filter(|o| matches!(o, SetOp::PublicKey(_)))
+                .count(),
+            3
+        );
     }
 
     #[test]

@@ -205,7 +205,13 @@ pub fn run_fleet() -> Result<()> {
     )?;
     sh(
         "cargo",
-        &["build", "--package", "wg-appliance-tests", "--bin", "fleet-demo"],
+        &[
+            "build",
+            "--package",
+            "wg-appliance-tests",
+            "--bin",
+            "fleet-demo",
+        ],
     )?;
     let bin = root().join("target/release/wg-appliance");
     sh(

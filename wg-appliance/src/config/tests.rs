@@ -655,7 +655,10 @@ fn peer_source_parses_round_trips_and_names_what_is_wrong() {
     );
     for (text, needle) in [
         ("PeerSource = http://h:2379/x", "not an etcd:// URL"),
-        ("PeerSource = etcd://u:p@h:2379/x", "credentials do not go in the URL"),
+        (
+            "PeerSource = etcd://u:p@h:2379/x",
+            "credentials do not go in the URL",
+        ),
         ("PeerSource = etcd://h:99999/x", "bad port"),
         ("PeerSource = etcd://,h/x", "an empty host"),
         ("PeerSourceCa = ca.pem", "not an absolute path"),
@@ -667,7 +670,10 @@ fn peer_source_parses_round_trips_and_names_what_is_wrong() {
     }
     for (text, needle) in [
         ("PeerSourceCert = /c.pem", "needs its partner"),
-        ("PeerSourceCert = /c.pem\nPeerSourceKey = /c.key", "PeerSourceCa is missing"),
+        (
+            "PeerSourceCert = /c.pem\nPeerSourceKey = /c.key",
+            "PeerSourceCa is missing",
+        ),
         ("PeerSourceUser = gw", "needs its partner"),
     ] {
         let m = err(&format!("[Appliance]\nPeerSource = etcd://h/x\n{text}\n"));

@@ -609,7 +609,10 @@ fn peer_source(ctx: &Ctx, out: &mut Out) {
             3,
             "peer_source",
             Level::Ok,
-            format!("peers from {url}: watched for {secs} s ({})", words.collect::<Vec<_>>().join(" ")),
+            format!(
+                "peers from {url}: watched for {secs} s ({})",
+                words.collect::<Vec<_>>().join(" ")
+            ),
         );
     } else {
         let rest: Vec<&str> = words.collect();
