@@ -60,6 +60,15 @@ fn metric(lab: &Lab, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Applies nftables commands in `ns` (`nft -f`).
+fn nft(ns: &wg_appliance_tests::Netns, ruleset: &str) {
+    let f = std::env::temp_dir().join(format!("wgt-nft-{}-{}", std::process::id(), ns.name()));
+    std::fs::write(&f, ruleset).expect("ruleset file");
+    let r = ns.exec("nft", &["-f", &f.display().to_string()]);
+    let _ = std::fs::remove_file(&f);
+    r.expect("nft -f");
+}
+
 /// Entries of the gateway's pinned IPv4 AllowedIPs trie.
 fn allowed_v4_entries(lab: &Lab) -> usize {
     let pattern = format!("/run/wg-appliance/bpf/*/{}/map_ALLOWED_V4", lab.ifname);
@@ -232,6 +241,91 @@ fn transfer_rx(text: &str) -> u64 {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A network partition (no reset: packets dropped), not a dead member:
+/// HTTP/2 keepalive notices, and what changed in etcd meanwhile (a key
+/// deleted, one added) is applied from a fresh snapshot once it heals.
+#[test]
+fn a_partition_is_noticed_and_what_changed_meanwhile_is_resynced() {
+    let test = "a_partition_is_noticed_and_what_changed_meanwhile_is_resynced";
+    if let Some(why) = unavailable() {
+        skip(test, &why);
+        return;
+    }
+    // etcd on the router, so the gateway can be cut off from it alone.
+    let router_ip = "10.96.0.254";
+    let lab = Lab::new(LabOpts {
+        forwarding: true,
+        no_file_peer: true,
+        metrics: Some("127.0.0.1:9586".into()),
+        appliance_extra: format!("PeerSource = etcd://{router_ip}:{PORT}/fleet\n"),
+        ..LabOpts::default()
+    })
+    .expect("lab");
+    let etcd = Etcd::start(&lab.router, router_ip, PORT, None).expect("etcd");
+    let ifname = lab.ifname.clone();
+    let far = lab.peer_key.public_key().to_base64();
+    let gone = PrivateKey::generate().public_key().to_base64();
+    let later = PrivateKey::generate().public_key().to_base64();
+    etcd.put(
+        &format!("/fleet/{ifname}/peers/far"),
+        &lab.far_peer_section(""),
+    )
+    .expect("put");
+    etcd.put(
+        &format!("/fleet/{ifname}/peers/gone"),
+        &format!("[Peer]\nPublicKey = {gone}\nAllowedIPs = 10.99.2.0/24\n"),
+    )
+    .expect("put");
+    wait_until(Duration::from_secs(20), "both peers", || {
+        let p = wg(&lab, "peers");
+        p.contains(&far) && p.contains(&gone)
+    })
+    .expect("peers");
+    lab.warm_up(Duration::from_secs(20)).expect("traffic");
+
+    // Cut the gateway off from etcd: packets both ways dropped, no reset.
+    nft(
+        &lab.gw,
+        &format!(
+            "table inet cut {{\n  chain out {{ type filter hook output priority 0; ip daddr {router_ip} tcp dport {PORT} drop; }}\n  chain in {{ type filter hook input priority 0; ip saddr {router_ip} tcp sport {PORT} drop; }}\n}}\n"
+        ),
+    );
+    etcd.del(&format!("/fleet/{ifname}/peers/gone"))
+        .expect("del");
+    etcd.put(
+        &format!("/fleet/{ifname}/peers/later"),
+        &format!("[Peer]\nPublicKey = {later}\nAllowedIPs = 10.99.3.0/24\n"),
+    )
+    .expect("put");
+    let cut = Instant::now();
+    wait_until(Duration::from_secs(30), "the partition noticed", || {
+        metric(&lab, "wg_appliance_peer_source_connected{") == Some(0.0)
+    })
+    .expect("noticed");
+    eprintln!("partition noticed after {:?}", cut.elapsed());
+    assert!(
+        ping_all(&lab.lan, None, SITE, 10, "0.1"),
+        "forwarding while cut off"
+    );
+    let p = wg(&lab, "peers");
+    assert!(
+        p.contains(&gone) && !p.contains(&later),
+        "nothing applied while cut off: {p}"
+    );
+
+    nft(&lab.gw, "delete table inet cut\n");
+    wait_until(Duration::from_secs(20), "the resync", || {
+        let p = wg(&lab, "peers");
+        !p.contains(&gone) && p.contains(&later) && p.contains(&far)
+    })
+    .expect("resynced");
+    assert!(metric(&lab, "wg_appliance_peer_source_resyncs_total{").unwrap_or(0.0) >= 1.0);
+    assert!(
+        ping_all(&lab.lan, None, SITE, 5, "0.2"),
+        "the far site throughout"
+    );
 }
 
 #[test]
