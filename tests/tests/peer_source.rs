@@ -9,6 +9,9 @@
 //!   etcd is unreachable; etcd back: the watch resumes (a resync) and a new
 //!   key applies; a deleted key removes the peer from `wg show` and from
 //!   the BPF maps;
+//! - a partition (packets dropped both ways, no reset) is noticed by
+//!   HTTP/2 keepalive within 15 s, forwarding goes on, and what changed in
+//!   etcd meanwhile (a key deleted, one added) is applied once it heals;
 //! - TLS with client certificates and user/password auth;
 //! - 10,000 peers loaded from etcd, the time printed (the figure in
 //!   docs/scale.md comes from the release build).
@@ -429,7 +432,9 @@ fn ten_thousand_peers_load_from_etcd() {
     lab.restart(&o).expect("restart");
     let t0 = Instant::now();
     let count = || wg(&lab, "peers").lines().count();
-    wait_until(Duration::from_secs(120), "10,000 peers from etcd", || {
+    // The bound is 25 times the debug build's 1.2 s here, for a loaded CI
+    // machine; the figure itself is printed and goes in docs/scale.md.
+    wait_until(Duration::from_secs(30), "10,000 peers from etcd", || {
         count() == N
     })
     .unwrap_or_else(|e| {
