@@ -143,6 +143,10 @@ Address = 10.0.0.1/24
 # auto | native | generic
 # XdpMode = auto
 # Metrics = 127.0.0.1:9586
+# Peers from etcd as well, one [Peer] per key under <prefix>/<interface>/peers/
+# (see docs/operations.md, \"Peers from etcd\"):
+# PeerSource = etcd://10.0.0.5:2379/wg-fleet
+# PeerSourceCa = /etc/wireguard/etcd-ca.pem
 
 [Peer]
 # friendly_name = branch-office
