@@ -385,7 +385,8 @@ fn etcd_with_tls_client_certificates_and_a_password() {
     let bad = Lab::new(LabOpts {
         no_file_peer: true,
         appliance_extra: format!(
-            "PeerSource = etcd://127.0.0.1:{PORT}/secure\nPeerSourceUser = root\nPeerSourcePasswordFile = {}\n",
+            "PeerSource = etcd://127.0.0.1:{PORT}/secure\nPeerSourceCa = {}\nPeerSourceUser = root\nPeerSourcePasswordFile = {}\n",
+            tls.ca.display(),
             pass.display()
         ),
         ..LabOpts::default()

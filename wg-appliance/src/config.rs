@@ -216,6 +216,9 @@ impl PeerSourceSetting {
             if h.is_empty() {
                 return Err("an empty host".into());
             }
+            if !h.starts_with('[') && h.matches(':').count() > 1 {
+                return Err(format!("an IPv6 address goes in brackets ([{h}]:2379)"));
+            }
             let with_port = if h.ends_with(']') || !h.contains(':') {
                 format!("{h}:2379")
             } else {
@@ -766,6 +769,16 @@ impl Parser<'_> {
                 fix: "write it as `Key = Value`".into(),
             });
         }
+        // Key names are letters (and digits); anything else before the `=`
+        // may be a key's value split at its base64 padding
+        // (`PresharedKey: AbC...=`), so it is never echoed.
+        if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 32 {
+            return Err(ConfigError::Malformed {
+                at: self.at(n),
+                problem: "the text before the first `=` is not a key name (not shown: it may hold a key)".into(),
+                fix: "write it as `Key = Value` with one of the section's key names, e.g. `PresharedKey = <base64>`".into(),
+            });
+        }
         let Some(section) = self.section else {
             return Err(ConfigError::OutsideSection {
                 at: self.at(n),
@@ -1113,6 +1126,13 @@ impl Parser<'_> {
                 "PeerSourceCert",
                 "is a TLS setting but PeerSourceCa is missing",
                 "add `PeerSourceCa = <the CA that signed etcd's certificate>`",
+            ));
+        }
+        if src.user.is_some() && src.ca.is_none() {
+            return Err(need(
+                "PeerSourceUser",
+                "would send its password in clear: PeerSourceCa is missing",
+                "turn TLS on in etcd and add `PeerSourceCa = <the CA that signed etcd's certificate>`",
             ));
         }
         if src.user.is_some() != src.password_file.is_some() {

@@ -93,7 +93,7 @@ fn render_peer_source(
     )?;
     c(
         "wg_appliance_peer_source_updates_total",
-        "Snapshots and watch batches applied to the interface",
+        "Changes applied to the interface's peers from the source (a snapshot, a watch batch or the periodic check that found a difference)",
         src.updates,
     )?;
     c(

@@ -43,9 +43,21 @@ use crate::{
     uapi::{Request, SetOp},
 };
 
-/// Keys read per page of a snapshot (etcd's default gRPC message limit is
-/// 4 MiB; a peer is ~200 bytes).
-const PAGE: i64 = 2_000;
+/// Keys read per page of a snapshot: a `[Peer]` is about 200 bytes, but
+/// etcd takes values up to 1.5 MiB, so the receive limit is raised to
+/// [`MAX_PAGE_BYTES`] and pages are kept short.
+const PAGE: i64 = 500;
+/// The largest value read as a peer; a larger one is refused unparsed.
+const MAX_VALUE: usize = 4096;
+/// The gRPC receive limit for snapshot pages (tonic's default is 4 MiB).
+const MAX_PAGE_BYTES: usize = 64 << 20;
+/// The daemon's peers are compared with etcd's this often even without
+/// events (a `wg set` by hand, a change the daemon refused), and sooner
+/// after a refusal.
+const RECONCILE: Duration = Duration::from_secs(30);
+const RETRY_REFUSED: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
 /// Peers per UAPI `set` sent to the daemon, so that 10,000 new peers do not
 /// hold its task (and the handshakes it answers) for one long stretch.
 const PEERS_PER_SET: usize = 500;
@@ -197,7 +209,23 @@ struct Wanted {
 /// Parses one etcd value: exactly one `[Peer]` and nothing else. The error
 /// names the problem and never echoes key material (config's errors don't).
 fn parse_value(key: &str, value: &[u8]) -> Result<PeerConfig, String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!(
+            "etcd key {key}: the value has {} bytes (expected one [Peer] section, at most {MAX_VALUE} bytes). Fix: one peer per key",
+            value.len()
+        ));
+    }
     let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8".to_owned())?;
+    // Only [Peer] sections are parsed at all: the other sections' settings
+    // belong to the local file, and some cost memory to parse.
+    for line in text.lines() {
+        let content = line.split('#').next().unwrap_or("").trim();
+        if content.starts_with('[') && !content.eq_ignore_ascii_case("[Peer]") {
+            return Err(format!(
+                "etcd key {key}: holds a section other than [Peer] (expected one [Peer] and nothing else; the interface's settings stay in its local file). Fix: keep only the [Peer] section in the value"
+            ));
+        }
+    }
     let cfg = config::parse(text, &format!("etcd key {key}")).map_err(|e| e.to_string())?;
     if cfg.interface != config::InterfaceConfig::default()
         || cfg.appliance != config::ApplianceConfig::default()
@@ -215,29 +243,34 @@ fn parse_value(key: &str, value: &[u8]) -> Result<PeerConfig, String> {
     }
 }
 
-/// Resolves a peer's endpoint (DNS names through the async resolver).
-async fn resolve(peer: PeerConfig) -> Result<Wanted, String> {
+/// Resolves a peer's endpoint (DNS names through the async resolver). A
+/// name that does not resolve now leaves the endpoint out (the peer keeps
+/// the one it has) rather than the peer.
+async fn resolve(key: &str, peer: PeerConfig) -> Wanted {
     let endpoint = match &peer.endpoint {
         None => None,
         Some(e) => {
             let host = e.host.trim_start_matches('[').trim_end_matches(']');
-            let found = match host.parse::<std::net::IpAddr>() {
+            match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => Some(SocketAddr::new(ip, e.port)),
-                Err(_) => tokio::net::lookup_host((host, e.port))
-                    .await
-                    .map_err(|err| format!("endpoint {e}: {err}"))?
-                    .next(),
-            };
-            Some(found.ok_or_else(|| format!("endpoint {e} resolved to no address"))?)
+                Err(_) => match tokio::net::lookup_host((host, e.port)).await {
+                    Ok(mut addrs) => addrs.next(),
+                    Err(err) => {
+                        tracing::warn!(key, endpoint = %e, error = %err, "endpoint does not resolve now; the peer keeps the endpoint it has");
+                        None
+                    }
+                },
+            }
         }
     };
-    Ok(Wanted {
+    Wanted {
         public_key: peer.public_key,
-        preshared_key: peer.preshared_key,
+        // All zeros is "no preshared key" (wg's convention).
+        preshared_key: peer.preshared_key.filter(|k| !k.is_zero()),
         endpoint,
         allowed_ips: peer.allowed_ips,
         persistent_keepalive: peer.persistent_keepalive,
-    })
+    }
 }
 
 /// The peers etcd holds, by key, and what to tell the daemon.
@@ -249,12 +282,15 @@ struct Desired {
     entries: BTreeMap<String, Wanted>,
     /// etcd keys whose current value is invalid.
     invalid: HashSet<String>,
+    /// A snapshot was taken before (the next one is a resync).
+    synced: bool,
 }
 
 impl Desired {
     async fn put(&mut self, key: &str, value: &[u8]) {
-        match async { resolve(parse_value(key, value)?).await }.await {
-            Ok(w) => {
+        match parse_value(key, value) {
+            Ok(peer) => {
+                let w = resolve(key, peer).await;
                 if self.local.contains(&w.public_key) {
                     tracing::warn!(key, public_key = %w.public_key, "etcd names a peer the configuration file has; the file's settings win");
                 }
@@ -266,6 +302,19 @@ impl Desired {
                 self.invalid.insert(key.to_owned());
             }
         }
+    }
+
+    /// A fresh snapshot: every key in it put (a key whose value is invalid
+    /// keeps the peer it had), every key not in it gone.
+    async fn replace_all(&mut self, kvs: &[(Vec<u8>, Vec<u8>)]) {
+        let mut seen = HashSet::new();
+        for (k, v) in kvs {
+            let key = String::from_utf8_lossy(k).into_owned();
+            self.put(&key, v).await;
+            seen.insert(key);
+        }
+        self.entries.retain(|k, _| seen.contains(k));
+        self.invalid.retain(|k| seen.contains(k));
     }
 
     fn delete(&mut self, key: &str) {
@@ -295,6 +344,12 @@ impl Desired {
     /// removals first (they free prefixes), then new and changed peers.
     fn ops(&self, current: &[PeerSpec]) -> Vec<Vec<SetOp>> {
         let wanted = self.by_peer();
+        // Prefixes of the file's peers stay theirs.
+        let local_nets: HashSet<IpNet> = current
+            .iter()
+            .filter(|s| self.local.contains(&s.public_key))
+            .flat_map(|s| s.allowed_ips.iter().copied())
+            .collect();
         let mut per_peer: Vec<Vec<SetOp>> = Vec::new();
         let have: HashMap<PublicKey, &PeerSpec> =
             current.iter().map(|s| (s.public_key, s)).collect();
@@ -306,8 +361,12 @@ impl Desired {
         let mut keys: Vec<&PublicKey> = wanted.keys().collect();
         keys.sort_by_key(|k| k.as_bytes());
         for pk in keys {
-            let w = wanted[pk];
-            let ops = peer_ops(w, have.get(pk).copied());
+            let mut w = wanted[pk].clone();
+            if w.allowed_ips.iter().any(|n| local_nets.contains(n)) {
+                tracing::warn!(public_key = %w.public_key, "an etcd peer names AllowedIPs of a peer in the configuration file; those stay the file peer's");
+                w.allowed_ips.retain(|n| !local_nets.contains(n));
+            }
+            let ops = peer_ops(&w, have.get(pk).copied());
             if !ops.is_empty() {
                 per_peer.push(ops);
             }
@@ -356,9 +415,22 @@ fn peer_ops(w: &Wanted, have: Option<&PeerSpec>) -> Vec<SetOp> {
         v.dedup();
         v
     };
-    if have.map(|h| sorted(&h.allowed_ips)) != Some(sorted(&w.allowed_ips)) {
-        ops.push(SetOp::ReplaceAllowedIps);
-        ops.extend(w.allowed_ips.iter().map(|n| SetOp::AllowedIp(*n)));
+    let want = sorted(&w.allowed_ips);
+    match have.map(|h| sorted(&h.allowed_ips)) {
+        Some(had) if had == want => {}
+        // Only additions: added, nothing cleared (a replace would leave the
+        // peer's other prefixes unrouted for an instant).
+        Some(had) if had.iter().all(|n| want.contains(n)) => {
+            ops.extend(
+                want.iter()
+                    .filter(|n| !had.contains(n))
+                    .map(|n| SetOp::AllowedIp(*n)),
+            );
+        }
+        _ => {
+            ops.push(SetOp::ReplaceAllowedIps);
+            ops.extend(w.allowed_ips.iter().map(|n| SetOp::AllowedIp(*n)));
+        }
     }
     if ops.is_empty() && have.is_some() {
         return ops;
@@ -376,6 +448,8 @@ pub struct Routes {
     /// `None`: `Table = off`, no routes. `Some("auto")`: the main table.
     table: Option<String>,
     installed: std::collections::BTreeSet<IpNet>,
+    /// Default routes not added (warned about once).
+    skipped: std::collections::BTreeSet<IpNet>,
 }
 
 impl Routes {
@@ -384,32 +458,49 @@ impl Routes {
             ifname: ifname.to_owned(),
             table: table.filter(|t| *t != "off").map(str::to_owned),
             installed: Default::default(),
+            skipped: Default::default(),
         }
     }
 
-    async fn sync(&mut self, wanted: std::collections::BTreeSet<IpNet>) {
-        let Some(table) = &self.table else { return };
+    async fn sync(&mut self, mut wanted: std::collections::BTreeSet<IpNet>) {
+        let Some(table) = self.table.clone() else {
+            return;
+        };
+        let skipped = &mut self.skipped;
+        wanted.retain(|net| {
+            if net.prefix_len() == 0 && skipped.insert(*net) {
+                tracing::warn!(route = %net, "not adding a default route through the tunnel for an etcd peer: that needs policy routing; add it yourself or narrow AllowedIPs");
+            }
+            net.prefix_len() != 0
+        });
         let suffix = if table == "auto" {
             String::new()
         } else {
             format!(" table {table}")
         };
-        let mut batch = String::new();
-        for net in self.installed.difference(&wanted) {
-            batch.push_str(&format!("route del {net} dev {}{suffix}\n", self.ifname));
+        let dels: String = self
+            .installed
+            .difference(&wanted)
+            .map(|net| format!("route del {net} dev {}{suffix}\n", self.ifname))
+            .collect();
+        let adds: String = wanted
+            .difference(&self.installed)
+            .map(|net| format!("route replace {net} dev {}{suffix}\n", self.ifname))
+            .collect();
+        // A route that would not go is gone for us (usually it was already);
+        // one that would not come is tried again at the next sync.
+        self.ip_batch(&dels).await;
+        if self.ip_batch(&adds).await {
+            self.installed = wanted;
+        } else {
+            self.installed.retain(|n| wanted.contains(n));
         }
-        for net in wanted.difference(&self.installed) {
-            if net.prefix_len() == 0 {
-                tracing::warn!(route = %net, "not adding a default route through the tunnel for an etcd peer: that needs policy routing; add it yourself or narrow AllowedIPs");
-                continue;
-            }
-            batch.push_str(&format!(
-                "route replace {net} dev {}{suffix}\n",
-                self.ifname
-            ));
-        }
+    }
+
+    /// Runs `ip -force -batch -` on `batch`; whether every line worked.
+    async fn ip_batch(&self, batch: &str) -> bool {
         if batch.is_empty() {
-            return;
+            return true;
         }
         use tokio::io::AsyncWriteExt as _;
         let child = tokio::process::Command::new("ip")
@@ -427,13 +518,16 @@ impl Routes {
         }
         .await;
         match result {
-            Ok(out) if out.status.success() => {}
+            Ok(out) if out.status.success() => true,
             Ok(out) => {
-                tracing::warn!(error = %String::from_utf8_lossy(&out.stderr).trim(), "some routes for etcd peers were not changed")
+                tracing::warn!(error = %String::from_utf8_lossy(&out.stderr).trim(), "some routes for etcd peers were not changed");
+                false
             }
-            Err(e) => tracing::warn!(error = %e, "cannot run `ip` for the etcd peers' routes"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run `ip` for the etcd peers' routes");
+                false
+            }
         }
-        self.installed = wanted;
     }
 }
 
@@ -460,12 +554,16 @@ pub async fn run(
         s.since = Some(SystemTime::now());
     });
     tracing::info!(url = %source.url(), prefix, "peer source: etcd");
+    let mut ever_failed = false;
     loop {
+        let began = std::time::Instant::now();
         let err = match session(&source, &prefix, &mut desired, routes, &cmds, &status).await {
             Session::DaemonGone => return,
             Session::Failed(e) => e,
         };
         let was = status.lock().map(|s| s.connected).unwrap_or(false);
+        let first = !ever_failed;
+        ever_failed = true;
         set(&status, |s| {
             if s.connected {
                 s.since = Some(SystemTime::now());
@@ -473,11 +571,15 @@ pub async fn run(
             s.connected = false;
             s.last_error = Some(err.clone());
         });
-        if was {
+        if was || first {
             tracing::warn!(url = %source.url(), error = %err, "etcd unreachable; forwarding goes on with the last known peers");
-            wait = RETRY_FIRST;
         } else {
             tracing::debug!(url = %source.url(), error = %err, "etcd still unreachable");
+        }
+        // A session that held a while starts the backoff over; one that
+        // fails as soon as it connects does not hammer etcd with snapshots.
+        if began.elapsed() >= STABLE {
+            wait = RETRY_FIRST;
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
@@ -516,6 +618,7 @@ async fn session(
         Err(_) => return Session::Failed("connecting: timed out after 5 s".into()),
     };
     // The snapshot, page by page at the first page's revision.
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_PAGE_BYTES);
     let started = std::time::Instant::now();
     let mut entries = Vec::new();
     let mut revision = 0;
@@ -526,16 +629,16 @@ async fn session(
         if revision != 0 {
             opts = opts.with_revision(revision);
         }
-        let page = match tokio::time::timeout(
-            Duration::from_secs(10),
-            client.get(from.clone(), Some(opts)),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return fail("reading the snapshot", e),
-            Err(_) => return Session::Failed("reading the snapshot: timed out after 10 s".into()),
-        };
+        let page =
+            match tokio::time::timeout(Duration::from_secs(10), kv.get(from.clone(), Some(opts)))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return fail("reading the snapshot", e),
+                Err(_) => {
+                    return Session::Failed("reading the snapshot: timed out after 10 s".into())
+                }
+            };
         if revision == 0 {
             revision = page.header().map_or(0, |h| h.revision());
         }
@@ -551,17 +654,13 @@ async fn session(
             _ => break,
         }
     }
-    let resync = !desired.entries.is_empty()
-        || !desired.invalid.is_empty()
-        || status.lock().map(|s| s.updates > 0).unwrap_or(false);
-    desired.entries.clear();
-    desired.invalid.clear();
-    for (k, v) in &entries {
-        desired.put(&String::from_utf8_lossy(k), v).await;
-    }
-    if let Err(gone) = apply(desired, routes, cmds, status, revision).await {
-        return gone;
-    }
+    let resync = desired.synced;
+    desired.synced = true;
+    desired.replace_all(&entries).await;
+    let mut refused = match apply(desired, routes, cmds, status, revision).await {
+        Ok(r) => r,
+        Err(gone) => return gone,
+    };
     set(status, |s| {
         s.connected = true;
         s.since = Some(SystemTime::now());
@@ -584,11 +683,21 @@ async fn session(
         Ok(s) => s,
         Err(e) => return fail("starting the watch", e),
     };
+    let mut rev = revision;
     loop {
-        let resp = match stream.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Session::Failed("the watch ended".into()),
-            Err(e) => return fail("watching", e),
+        // Events, or the periodic comparison (sooner after a refusal).
+        let next = if refused { RETRY_REFUSED } else { RECONCILE };
+        let resp = match tokio::time::timeout(next, stream.message()).await {
+            Err(_) => {
+                refused = match apply(desired, routes, cmds, status, rev).await {
+                    Ok(r) => r,
+                    Err(gone) => return gone,
+                };
+                continue;
+            }
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return Session::Failed("the watch ended".into()),
+            Ok(Err(e)) => return fail("watching", e),
         };
         if resp.compact_revision() > 0 || resp.canceled() {
             tracing::warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "etcd cancelled the watch (compaction overtook it); resyncing from a fresh snapshot");
@@ -608,10 +717,11 @@ async fn session(
                 EventType::Delete => desired.delete(&key),
             }
         }
-        let rev = resp.header().map_or(revision, |h| h.revision());
-        if let Err(gone) = apply(desired, routes, cmds, status, rev).await {
-            return gone;
-        }
+        rev = resp.header().map_or(rev, |h| h.revision());
+        refused = match apply(desired, routes, cmds, status, rev).await {
+            Ok(r) => r,
+            Err(gone) => return gone,
+        };
     }
 }
 
@@ -627,14 +737,15 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Brings the daemon's peers to `desired`, recording the outcome.
+/// Brings the daemon's peers to `desired`, recording the outcome; whether
+/// the daemon refused some of it (to be tried again).
 async fn apply(
     desired: &Desired,
     routes: &mut Routes,
     cmds: &mpsc::Sender<Command>,
     status: &SharedSourceStatus,
     revision: i64,
-) -> Result<(), Session> {
+) -> Result<bool, Session> {
     let (tx, rx) = oneshot::channel();
     if cmds.send(Command::Specs(tx)).await.is_err() {
         return Err(Session::DaemonGone);
@@ -643,6 +754,7 @@ async fn apply(
         return Err(Session::DaemonGone);
     };
     let batches = desired.ops(&current);
+    let changed = !batches.is_empty();
     let mut failure = None;
     for ops in batches {
         let (tx, rx) = oneshot::channel();
@@ -662,11 +774,17 @@ async fn apply(
     }
     let wanted = desired.by_peer();
     let peers = wanted.len();
+    let local_nets: HashSet<IpNet> = current
+        .iter()
+        .filter(|s| desired.local.contains(&s.public_key))
+        .flat_map(|s| s.allowed_ips.iter().copied())
+        .collect();
     routes
         .sync(
             wanted
                 .values()
                 .flat_map(|w| w.allowed_ips.iter().copied())
+                .filter(|n| !local_nets.contains(n))
                 .collect(),
         )
         .await;
@@ -674,16 +792,19 @@ async fn apply(
         s.revision = revision;
         s.peers = peers;
         s.invalid = desired.invalid.len();
-        s.updates += 1;
-        s.last_applied = Some(SystemTime::now());
+        if changed {
+            s.updates += 1;
+            s.last_applied = Some(SystemTime::now());
+        }
         if let Some(f) = &failure {
             s.last_error = Some(f.clone());
         }
     });
+    let refused = failure.is_some();
     if let Some(f) = failure {
-        tracing::warn!(error = %f, "peer source: not every change applied");
+        tracing::warn!(error = %f, "peer source: not every change applied; trying again in 5 s");
     }
-    Ok(())
+    Ok(refused)
 }
 
 #[cfg(test)]
@@ -724,12 +845,11 @@ mod tests {
             spec(key(2), &["10.0.0.2/32"]),
         ];
         let ops = d.ops(&current).concat();
+        // Only an addition: added, nothing cleared.
         assert_eq!(
             ops,
             vec![
                 SetOp::PublicKey(key(2)),
-                SetOp::ReplaceAllowedIps,
-                SetOp::AllowedIp("10.0.0.2/32".parse().unwrap()),
                 SetOp::AllowedIp("10.9.0.0/16".parse().unwrap()),
             ]
         );
@@ -738,6 +858,17 @@ mod tests {
             spec(key(2), &["10.9.0.0/16", "10.0.0.2/32"]),
         ];
         assert!(d.ops(&same).is_empty());
+        // A prefix gone: the list is replaced.
+        d.put("/p/wg0/peers/b", value(&key(2), "10.9.0.0/16").as_bytes())
+            .await;
+        assert_eq!(
+            d.ops(&current).concat(),
+            vec![
+                SetOp::PublicKey(key(2)),
+                SetOp::ReplaceAllowedIps,
+                SetOp::AllowedIp("10.9.0.0/16".parse().unwrap()),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -808,6 +939,67 @@ mod tests {
         assert!(ops.contains(&SetOp::PersistentKeepaliveInterval(25)));
         assert!(ops.contains(&SetOp::AllowedIp("10.0.0.1/32".parse().unwrap())));
         assert!(matches!(ops[1], SetOp::PresharedKey(_)));
+    }
+
+    #[tokio::test]
+    async fn the_files_prefixes_stay_the_files_and_a_resync_keeps_what_an_invalid_key_had() {
+        let mut d = Desired {
+            local: [key(9)].into_iter().collect(),
+            ..Default::default()
+        };
+        d.put(
+            "/p/wg0/peers/a",
+            value(&key(1), "10.0.0.1/32, 10.50.0.0/16").as_bytes(),
+        )
+        .await;
+        let current = vec![spec(key(9), &["10.50.0.0/16"])];
+        let ops = d.ops(&current).concat();
+        assert!(
+            !ops.contains(&SetOp::AllowedIp("10.50.0.0/16".parse().unwrap())),
+            "{ops:?}"
+        );
+        // A snapshot where a's value turned invalid and b is new: a keeps
+        // its peer, a key not in the snapshot goes.
+        d.put("/p/wg0/peers/z", value(&key(3), "10.0.0.3/32").as_bytes())
+            .await;
+        d.replace_all(&[
+            (
+                b"/p/wg0/peers/a".to_vec(),
+                b"[Peer]\nPublicKey = broken\n".to_vec(),
+            ),
+            (
+                b"/p/wg0/peers/b".to_vec(),
+                value(&key(2), "10.0.0.2/32").into_bytes(),
+            ),
+        ])
+        .await;
+        let peers = d.by_peer();
+        assert!(peers.contains_key(&key(1)) && peers.contains_key(&key(2)));
+        assert!(!peers.contains_key(&key(3)));
+        assert_eq!(d.invalid.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn values_other_than_one_small_peer_are_refused_unparsed() {
+        let mut d = Desired::default();
+        let huge = format!("[Peer]\n# {}\n", "x".repeat(MAX_VALUE));
+        let cpus = format!("[Appliance]\nCpus = {}\n", vec!["0-8191"; 100].join(","));
+        for (v, why) in [
+            (huge.as_str(), "bytes"),
+            (cpus.as_str(), "other than [Peer]"),
+        ] {
+            assert!(parse_value("k", v.as_bytes()).unwrap_err().contains(why));
+            d.put("k", v.as_bytes()).await;
+        }
+        assert_eq!(d.invalid.len(), 1, "one key, counted once");
+        // An all-zero preshared key is none: no op on every pass.
+        let zero = format!(
+            "[Peer]\nPublicKey = {}\nPresharedKey = {}\n",
+            key(1),
+            PresharedKey::from_bytes([0; 32]).to_base64().as_str()
+        );
+        d.put("z", zero.as_bytes()).await;
+        assert!(d.ops(&[spec(key(1), &[])]).is_empty());
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Plan {
             None => None,
             Some(c) => Some(device_spec(c, &opts, &mut names)?),
         };
-        let peer_source = peer_source(a, &app, cfg.as_ref())?;
+        let peer_source = peer_source(&ifname, a, &app, cfg.as_ref())?;
         Ok(Plan {
             ifname,
             opts,
@@ -92,8 +92,12 @@ impl Plan {
 }
 
 /// `--peer-source` (its TLS and auth settings still from `[Appliance]`),
-/// else `PeerSource`; the files it names are read now.
+/// else `PeerSource`; the files it names are read now. The local peers,
+/// which the source never removes, are the file's; under wg-quick (no
+/// file of ours) those of `/etc/wireguard/<if>.conf`, which wg-quick
+/// loads with `wg setconf`.
 fn peer_source(
+    ifname: &str,
     a: &IfaceArgs,
     app: &ApplianceConfig,
     cfg: Option<&Config>,
@@ -114,7 +118,12 @@ fn peer_source(
         },
     };
     let source = wg_appliance::peer_source::EtcdSource::load(&setting)?;
+    let wg_quick = match cfg {
+        Some(_) => None,
+        None => config::load(Path::new(&format!("/etc/wireguard/{ifname}.conf"))).ok(),
+    };
     let local = cfg
+        .or(wg_quick.as_ref())
         .map(|c| c.peers.iter().map(|p| p.public_key).collect())
         .unwrap_or_default();
     Ok(Some((source, local)))

@@ -661,6 +661,7 @@ fn peer_source_parses_round_trips_and_names_what_is_wrong() {
         ),
         ("PeerSource = etcd://h:99999/x", "bad port"),
         ("PeerSource = etcd://,h/x", "an empty host"),
+        ("PeerSource = etcd://fd00::1/x", "goes in brackets"),
         ("PeerSourceCa = ca.pem", "not an absolute path"),
         ("PeerSourceName = a/b", "not an interface name"),
         ("PeerSourceUser = gw", "is given without PeerSource"),
@@ -674,9 +675,26 @@ fn peer_source_parses_round_trips_and_names_what_is_wrong() {
             "PeerSourceCert = /c.pem\nPeerSourceKey = /c.key",
             "PeerSourceCa is missing",
         ),
-        ("PeerSourceUser = gw", "needs its partner"),
+        ("PeerSourceUser = gw", "in clear: PeerSourceCa is missing"),
+        (
+            "PeerSourceCa = /ca.pem\nPeerSourceUser = gw",
+            "needs its partner",
+        ),
     ] {
         let m = err(&format!("[Appliance]\nPeerSource = etcd://h/x\n{text}\n"));
         assert!(m.contains(needle) && m.contains("Fix:"), "{text}: {m}");
+    }
+}
+
+#[test]
+fn text_before_the_equals_sign_that_is_no_key_name_is_never_shown() {
+    let psk = "aGVsbG8gd29ybGQgdGhpcyBpcyBhIHByZXNoYXJlZCBrZXk";
+    for text in [
+        format!("[Peer]\nPresharedKey: {psk}=\n"),
+        format!("PresharedKey {psk}=\n"),
+    ] {
+        let m = err(&text);
+        assert!(!m.contains(psk), "{m}");
+        assert!(m.contains("not a key name") && m.contains("Fix:"), "{m}");
     }
 }

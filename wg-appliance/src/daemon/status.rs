@@ -88,7 +88,8 @@ pub struct PeerSourceStatus {
     pub peers: usize,
     /// Keys whose value is not a valid `[Peer]` (their peer left as it was).
     pub invalid: usize,
-    /// Changes applied to the daemon (snapshots and watch batches).
+    /// Changes applied to the daemon (a snapshot, watch batch or periodic
+    /// check that found a difference).
     pub updates: u64,
     /// Fresh snapshots after a disconnect or compaction.
     pub resyncs: u64,
@@ -258,8 +259,14 @@ impl Daemon {
                 .and_then(|t| now.duration_since(t).ok())
                 .map_or(0, |d| d.as_secs());
             let state = if src.connected {
+                // A refusal by the daemon while connected is the last error.
+                let refused = src
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" error {e}"))
+                    .unwrap_or_default();
                 format!(
-                    "connected {since} revision {} peers {} invalid {}",
+                    "connected {since} revision {} peers {} invalid {}{refused}",
                     src.revision, src.peers, src.invalid
                 )
             } else {

@@ -604,18 +604,46 @@ fn peer_source(ctx: &Ctx, out: &mut Out) {
     let state = ctx.app.get("peer_source_state").unwrap_or("");
     let mut words = state.split(' ');
     let (kind, secs) = (words.next().unwrap_or(""), words.next().unwrap_or("0"));
-    if kind == "connected" {
+    let rest: Vec<&str> = words.collect();
+    let field = |name: &str| {
+        rest.iter()
+            .position(|w| *w == name)
+            .and_then(|i| rest.get(i + 1))
+            .copied()
+    };
+    let invalid: u64 = field("invalid").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if kind == "connected" && invalid > 0 {
+        out.fix(
+            3,
+            "peer_source",
+            Level::Warn,
+            format!("peers from {url}: {invalid} key(s) hold a value that is not one valid [Peer]; their peers were left as they were"),
+            "the daemon's log names each key and what is wrong (`etcd value ignored`); correct the value with etcdctl put".into(),
+        );
+    } else if kind == "connected" && field("error").is_some() {
+        let why = rest
+            .iter()
+            .position(|w| *w == "error")
+            .map(|i| rest[i + 1..].join(" "))
+            .unwrap_or_default();
+        out.fix(
+            3,
+            "peer_source",
+            Level::Warn,
+            format!("peers from {url}: the daemon refused part of etcd's peers ({why}); it tries again every 5 s"),
+            "see the daemon's log for the refused change (e.g. more peers than an interface holds)".into(),
+        );
+    } else if kind == "connected" {
         out.push(
             3,
             "peer_source",
             Level::Ok,
             format!(
                 "peers from {url}: watched for {secs} s ({})",
-                words.collect::<Vec<_>>().join(" ")
+                rest.join(" ")
             ),
         );
     } else {
-        let rest: Vec<&str> = words.collect();
         let why = rest
             .iter()
             .position(|w| *w == "error")
