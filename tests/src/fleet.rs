@@ -213,7 +213,7 @@ fn run_in(o: &FleetOpts, dir: &Path) -> Result<FleetReport> {
             &*gw_key.to_base64(),
             link.b
         );
-        write_private(&conf, &text)?;
+        crate::daemon::write_secret(&conf, &text)?;
         say(o, &format!("gateway {}: wg-appliance up (peers from etcd), BIRD, health --announce {ANYCAST}/32", g + 1));
         ns.exec(
             &o.bin.display().to_string(),
@@ -429,18 +429,6 @@ impl FleetReport {
         ));
         s
     }
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 fn peer_count(gw: &Gateway) -> usize {

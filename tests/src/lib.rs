@@ -191,6 +191,24 @@ impl Veth {
     }
 }
 
+/// The value of the first sample starting with `prefix` (a name, or a
+/// name and the start of its labels) on the /metrics of a daemon in `ns`
+/// listening on 127.0.0.1:9586; `None` when the scrape or the sample is
+/// missing.
+pub fn metric_in(ns: &Netns, prefix: &str) -> Option<f64> {
+    let out = ns
+        .exec(
+            "curl",
+            &["-sf", "--max-time", "5", "http://127.0.0.1:9586/metrics"],
+        )
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Polls `cond` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;

@@ -49,18 +49,7 @@ fn handshake_after(ifname: &str, t: SystemTime, what: &str) {
 }
 
 fn metric(lab: &Lab, name: &str) -> Option<f64> {
-    let out = lab
-        .gw
-        .exec(
-            "curl",
-            &["-sf", "--max-time", "5", "http://127.0.0.1:9586/metrics"],
-        )
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    wg_appliance_tests::metric_in(&lab.gw, name)
 }
 
 #[test]

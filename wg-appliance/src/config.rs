@@ -1092,35 +1092,36 @@ impl Parser<'_> {
             fix: fix.into(),
         };
         if src.endpoints.is_empty() {
-            let k = [
-                "PeerSourceCa",
-                "PeerSourceCert",
-                "PeerSourceKey",
-                "PeerSourceUser",
-                "PeerSourcePasswordFile",
-                "PeerSourceName",
-            ]
-            .into_iter()
-            .find(|k| self.appliance_seen.contains_key(k))
-            .unwrap_or("PeerSourceCa");
+            // The first companion key given (there is one: the source exists).
+            let k = Section::Appliance
+                .keys()
+                .iter()
+                .copied()
+                .filter(|k| k.starts_with("PeerSource") && *k != "PeerSource")
+                .find(|k| self.appliance_seen.contains_key(k))
+                .unwrap_or("PeerSourceCa");
             return Err(need(
                 k,
                 "is given without PeerSource",
                 "add `PeerSource = etcd://host:port/prefix`, or remove the line",
             ));
         }
-        if src.cert.is_some() != src.key.is_some() {
-            let k = if src.cert.is_some() {
-                "PeerSourceCert"
-            } else {
-                "PeerSourceKey"
-            };
-            return Err(need(
-                k,
-                "needs its partner (PeerSourceCert and PeerSourceKey go together)",
-                "give both the client certificate and its key, or neither",
-            ));
-        }
+        // Two settings that go together: both or neither.
+        let partners = |(ka, a): (&'static str, bool), (kb, b): (&'static str, bool), fix: &str| {
+            if a == b {
+                return Ok(());
+            }
+            Err(need(
+                if a { ka } else { kb },
+                &format!("needs its partner ({ka} and {kb} go together)"),
+                fix,
+            ))
+        };
+        partners(
+            ("PeerSourceCert", src.cert.is_some()),
+            ("PeerSourceKey", src.key.is_some()),
+            "give both the client certificate and its key, or neither",
+        )?;
         if (src.cert.is_some() || src.key.is_some()) && src.ca.is_none() {
             return Err(need(
                 "PeerSourceCert",
@@ -1135,18 +1136,11 @@ impl Parser<'_> {
                 "turn TLS on in etcd and add `PeerSourceCa = <the CA that signed etcd's certificate>`",
             ));
         }
-        if src.user.is_some() != src.password_file.is_some() {
-            let k = if src.user.is_some() {
-                "PeerSourceUser"
-            } else {
-                "PeerSourcePasswordFile"
-            };
-            return Err(need(
-                k,
-                "needs its partner (PeerSourceUser and PeerSourcePasswordFile go together)",
-                "give the etcd user and a 0600 file holding its password, or neither",
-            ));
-        }
+        partners(
+            ("PeerSourceUser", src.user.is_some()),
+            ("PeerSourcePasswordFile", src.password_file.is_some()),
+            "give the etcd user and a 0600 file holding its password, or neither",
+        )?;
         Ok(())
     }
 

@@ -342,14 +342,18 @@ impl Desired {
     /// The `set` operations that make `current` (the daemon's peers) what
     /// etcd and the file want, in batches of [`PEERS_PER_SET`] peers:
     /// removals first (they free prefixes), then new and changed peers.
-    fn ops(&self, current: &[PeerSpec]) -> Vec<Vec<SetOp>> {
-        let wanted = self.by_peer();
-        // Prefixes of the file's peers stay theirs.
-        let local_nets: HashSet<IpNet> = current
+    /// The prefixes of the file's peers among `current`: they stay theirs.
+    fn local_nets(&self, current: &[PeerSpec]) -> HashSet<IpNet> {
+        current
             .iter()
             .filter(|s| self.local.contains(&s.public_key))
             .flat_map(|s| s.allowed_ips.iter().copied())
-            .collect();
+            .collect()
+    }
+
+    fn ops(&self, current: &[PeerSpec]) -> Vec<Vec<SetOp>> {
+        let wanted = self.by_peer();
+        let local_nets = self.local_nets(current);
         let mut per_peer: Vec<Vec<SetOp>> = Vec::new();
         let have: HashMap<PublicKey, &PeerSpec> =
             current.iter().map(|s| (s.public_key, s)).collect();
@@ -774,11 +778,7 @@ async fn apply(
     }
     let wanted = desired.by_peer();
     let peers = wanted.len();
-    let local_nets: HashSet<IpNet> = current
-        .iter()
-        .filter(|s| desired.local.contains(&s.public_key))
-        .flat_map(|s| s.allowed_ips.iter().copied())
-        .collect();
+    let local_nets = desired.local_nets(&current);
     routes
         .sync(
             wanted

@@ -612,6 +612,12 @@ fn peer_source(ctx: &Ctx, out: &mut Out) {
             .copied()
     };
     let invalid: u64 = field("invalid").and_then(|v| v.parse().ok()).unwrap_or(0);
+    // The error is last on the line and may hold spaces.
+    let why = rest
+        .iter()
+        .position(|w| *w == "error")
+        .map(|i| rest[i + 1..].join(" "))
+        .unwrap_or_default();
     if kind == "connected" && invalid > 0 {
         out.fix(
             3,
@@ -621,11 +627,6 @@ fn peer_source(ctx: &Ctx, out: &mut Out) {
             "the daemon's log names each key and what is wrong (`etcd value ignored`); correct the value with etcdctl put".into(),
         );
     } else if kind == "connected" && field("error").is_some() {
-        let why = rest
-            .iter()
-            .position(|w| *w == "error")
-            .map(|i| rest[i + 1..].join(" "))
-            .unwrap_or_default();
         out.fix(
             3,
             "peer_source",
@@ -644,11 +645,6 @@ fn peer_source(ctx: &Ctx, out: &mut Out) {
             ),
         );
     } else {
-        let why = rest
-            .iter()
-            .position(|w| *w == "error")
-            .map(|i| rest[i + 1..].join(" "))
-            .unwrap_or_default();
         out.fix(
             3,
             "peer_source",
