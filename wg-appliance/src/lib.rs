@@ -50,6 +50,7 @@ pub mod keys;
 pub mod link;
 pub mod metrics;
 pub mod noise;
+#[cfg(feature = "etcd")]
 pub mod peer_source;
 pub mod persist;
 pub mod session;
