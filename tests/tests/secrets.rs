@@ -9,7 +9,6 @@ use std::{
     collections::BTreeSet,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -20,6 +19,7 @@ use wg_appliance_tests::{
     daemon::{write_secret, CliCleanup, ForegroundDaemon},
     netns_unavailable,
     peers::{Impl, ThirdParty},
+    proc::Bg,
     skip, unique_name, wait_until, Netns, Veth,
 };
 use wg_ebpf_common::maps::Session;
@@ -165,16 +165,19 @@ fn no_secret_in_any_output_at_trace_level() {
     wait_until(Duration::from_secs(15), "traffic after the restart", &ping).expect("ping");
     session.extend(session_keys(&gw, &ifname));
     // A refused command that touches the key: the error must not show it.
-    let o = Command::new("ip")
-        .args(["netns", "exec", gw.name(), b, "up", "--foreground"])
-        .arg(&conf)
-        .output()
-        .expect("second up");
+    // Bounded: were the running daemon gone, this `up` would start one in
+    // the foreground and never return.
+    let conf_s = conf.to_str().expect("conf path");
+    let o = Bg::spawn(&gw, b, &["up", "--foreground", conf_s])
+        .and_then(|p| p.finish(Duration::from_secs(30)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "a second `up` of a running interface was not refused: {e}\nthe running daemon's log:\n{}",
+                second.log()
+            )
+        });
     assert!(!o.status.success(), "a second `up` of a running interface");
-    outputs.push((
-        "error of a second `up`".into(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    ));
+    outputs.push(("error of a second `up`".into(), o.stderr.clone()));
     let down = gw.exec(b, &["down", &ifname]).expect("down");
     outputs.push((
         "down".into(),
