@@ -30,8 +30,13 @@ const APT_PACKAGES: &[&str] = &[
     "tmux",
     // protoc: building etcd-client (the etcd peer source) compiles etcd's
     // .proto files. Without it the first build fails in etcd-client's
-    // build script.
+    // build script. libprotobuf-dev holds the well-known types
+    // (google/protobuf/descriptor.proto, struct.proto) that etcd's files
+    // import: protoc alone fails with "descriptor.proto: File not found"
+    // (it is only a Recommends of protobuf-compiler, and setup installs
+    // without recommends).
     "protobuf-compiler",
+    "libprotobuf-dev",
     // etcd and etcdctl: the peer-source tests and the fleet demo start
     // their own members in namespaces (on a machine with systemd the
     // package also starts one on 127.0.0.1:2379; the tests do not use it).
@@ -88,7 +93,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step {
-        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux protobuf-compiler etcd-server etcd-client bird2)",
+        name: "Debian packages (iproute2 iperf3 wireguard-tools wireguard-go ethtool bpftool tcpdump curl nftables iputils-ping prometheus tmux protobuf-compiler libprotobuf-dev etcd-server etcd-client bird2)",
         present: apt_present,
         install: apt_install,
         fix: "run as root with network access to the Debian mirrors: apt-get update && apt-get install --no-install-recommends <packages>",
