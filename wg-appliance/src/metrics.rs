@@ -281,6 +281,8 @@ pub fn render(s: &Status, names: &FriendlyNames) -> prometheus::Result<String> {
             .inc_by(f.socket_drops.rx_ring_full);
         sd.with_label_values(&[ifc, "no_free_frame"])
             .inc_by(f.socket_drops.rx_no_frame);
+        sd.with_label_values(&[ifc, "tx_device_full"])
+            .inc_by(f.socket_drops.tx_device_full);
     }
     let get = |c: wg_ebpf_common::Counter| s.counters.get(c);
     use wg_ebpf_common::Counter as C;

@@ -67,6 +67,9 @@ pub struct WorkerStats {
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub polls: AtomicU64,
+    /// Frames a transmit kick saw the device drop (EBUSY: veth's ring to
+    /// its peer was full); the frame is gone, so the sender will resend.
+    pub tx_device_drops: AtomicU64,
     /// By `Counter` index: verdicts and drops, as the BPF path counts them.
     pub counters: Vec<AtomicU64>,
 }
@@ -81,6 +84,7 @@ impl WorkerStats {
             tx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             polls: AtomicU64::new(0),
+            tx_device_drops: AtomicU64::new(0),
             counters: (0..Counter::COUNT).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -189,6 +193,8 @@ pub struct SocketDrops {
     pub rx_ring_full: u64,
     pub rx_no_frame: u64,
     pub tx_invalid: u64,
+    /// Frames the device refused on transmit (see `tx_device_drops`).
+    pub tx_device_full: u64,
 }
 
 /// Where the workers run.
@@ -288,6 +294,12 @@ impl FastPath {
                 d.tx_invalid += s.tx_invalid_descs;
             }
         }
+        d.tx_device_full = self
+            .shared
+            .stats
+            .iter()
+            .map(|w| w.tx_device_drops.load(Ordering::Relaxed))
+            .sum();
         d
     }
 
