@@ -291,9 +291,10 @@ pub enum DataPathSetting {
     Auto,
     /// AF_XDP; failing to start it is an error.
     Afxdp,
-    /// The BPF data path only. The default while the fast path is new: it
-    /// carries both directions, but retransmits more under TCP load (see
-    /// docs/performance.md).
+    /// The BPF data path only. The default while the fast path is new: the
+    /// fast path is faster in every bench workload (docs/performance.md),
+    /// but the hostile-network, restart and fleet tests have run on the BPF
+    /// path only (docs/decisions.md).
     #[default]
     Bpf,
 }
