@@ -468,3 +468,141 @@ fn fastpath_interface_configured_over_uapi_carries_traffic() {
     assert!(s.error.is_none(), "failed: {:?}", s.error);
     assert!(s.value.unwrap_or(0.0) > 0.0, "no throughput: {s:?}");
 }
+
+/// CPU time (user + system, clock ticks) of the daemon's thread named
+/// `name`, from /proc.
+fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the command's closing parenthesis: state is field 3,
+        // utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
+    }
+    None
+}
+
+/// A tunnel device that takes no frames (`wg0x` set down under traffic:
+/// `sendto` on its socket says ENETDOWN and the frames stay queued) must
+/// not make the worker spin: it sleeps while blocked, and the tunnel
+/// carries traffic again once the device is back.
+#[test]
+fn fastpath_stuck_tunnel_device_does_not_spin_the_worker() {
+    if !require() {
+        return;
+    }
+    let gw = Netns::new().expect("ns");
+    let peer_ns = Netns::new().expect("ns");
+    let veth = Veth::new(&gw, &["10.123.0.1/24"], &peer_ns, &["10.123.0.2/24"]).expect("veth");
+    peer_ns
+        .exec("ethtool", &["-K", &veth.b, "gro", "on"])
+        .expect("gro");
+    let gw_key = PrivateKey::generate();
+    let peer_key = PrivateKey::generate();
+    let ifname = unique_name("s");
+    let dir = std::env::temp_dir().join(format!("wgt-fastpath-stuck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let conf = dir.join(format!("{ifname}.conf"));
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.124.0.1/24\n\n[Appliance]\nMetrics = off\nWAN = {}\nDataPath = afxdp\n\n[Peer]\nPublicKey = {}\nEndpoint = 10.123.0.2:51821\nAllowedIPs = 10.124.0.2/32\n",
+        &*gw_key.to_base64(),
+        veth.a,
+        peer_key.public_key().to_base64()
+    );
+    write_secret(&conf, &text).expect("conf");
+    let tp = ThirdParty::start(
+        Impl::WireguardGo,
+        &peer_ns,
+        &peer_key,
+        51821,
+        "10.124.0.2/24",
+    )
+    .expect("peer");
+    tp.add_peer(&peer_ns, &gw_key.public_key(), None, "10.124.0.1/32")
+        .expect("peer config");
+    let bin = appliance_bin().expect("binary");
+    let daemon =
+        ForegroundDaemon::up(&gw, &[], &bin, &conf, &dir.join("daemon.log")).expect("start");
+    let ping = |ns: &Netns, to: &str| ns.exec("ping", &["-c", "1", "-W", "1", to]).is_ok();
+    wait_until(Duration::from_secs(15), "a first handshake", || {
+        ping(&gw, "10.124.0.2")
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.log()));
+    assert!(
+        daemon.log().contains("AF_XDP fast path"),
+        "the fast path did not start; log:\n{}",
+        daemon.log()
+    );
+    let worker = "wg-fast-0";
+    let pid = daemon.pid();
+    assert!(thread_ticks(pid, worker).is_some(), "no thread {worker}");
+
+    // The tunnel device down, then 6 s of datagrams from the peer into the
+    // tunnel: the worker's queue to wg0x fills (192 frames) and stays full.
+    let partner = format!("{ifname}x");
+    gw.exec("ip", &["link", "set", &partner, "down"])
+        .expect("partner down");
+    let flood = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            peer_ns.name(),
+            "timeout",
+            "10",
+            "python3",
+            "-c",
+        ])
+        .arg(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             end = time.time() + 6\n\
+             while time.time() < end:\n\
+             \x20   try: s.sendto(b'x' * 512, ('10.124.0.1', 9))\n\
+             \x20   except OSError: time.sleep(0.001)\n",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flood");
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = thread_ticks(pid, worker).expect("worker ticks");
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let t1 = thread_ticks(pid, worker).expect("worker ticks");
+    let wall = w0.elapsed().as_secs_f64();
+    let hz = 100.0; // USER_HZ on Linux
+    let share = (t1 - t0) as f64 / hz / wall;
+    let mut flood = flood;
+    let _ = flood.wait();
+    println!(
+        "worker CPU while its tunnel device was down: {:.0}% of a core",
+        share * 100.0
+    );
+    assert!(
+        share < 0.25,
+        "the worker spun at {:.0}% of a core on a device that takes nothing",
+        share * 100.0
+    );
+
+    // Back up: the tunnel carries traffic again, both ways.
+    gw.exec("ip", &["link", "set", &partner, "up"])
+        .expect("partner up");
+    wait_until(
+        Duration::from_secs(10),
+        "traffic after the device came back",
+        || ping(&gw, "10.124.0.2") && ping(&peer_ns, "10.124.0.1"),
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.log()));
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+
+    let _ = gw.exec(bin.to_str().expect("utf-8"), &["down", &ifname]);
+    drop(daemon);
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

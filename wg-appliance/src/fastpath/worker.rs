@@ -290,69 +290,95 @@ impl Worker {
             self.recycle();
             let got_rx = self.wan_rx.peek(BATCH);
             let got_tx = self.wgx_rx.peek(BATCH);
-            if got_rx == 0 && got_tx == 0 {
-                // Frames a kick left on a tx ring (the device was busy) go
-                // before we sleep: nothing else would send them.
-                for tx in [&mut self.wan_tx, &mut self.wgx_tx] {
-                    if tx.ring.free(RING) < RING {
-                        tx.kick(&mut self.spare);
-                    }
+            let mut moved = 0;
+            if got_rx > 0 || got_tx > 0 {
+                let now_ns = ktime_ns();
+                if got_rx > 0 {
+                    moved += self.receive(
+                        got_rx,
+                        &shared,
+                        idx,
+                        &mut tables,
+                        &mut maps,
+                        &state,
+                        now_ns,
+                        &mut confirmed,
+                        &mut endpoints,
+                        &mut l2s,
+                    );
                 }
-                let now = Instant::now();
-                let since = *idle_since.get_or_insert(now);
-                if now.duration_since(since) >= SPIN {
-                    // need_wakeup: the kernel wakes us on rx; 100 ms bounds
-                    // how long a stop request waits.
-                    // SAFETY: two valid pollfds.
-                    unsafe { libc::poll(pfds.as_mut_ptr(), 2, 100) };
-                    shared.stats[idx].polls.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    std::hint::spin_loop();
+                if got_tx > 0 {
+                    moved += self.send(
+                        got_tx,
+                        &shared,
+                        idx,
+                        &mut tables,
+                        &mut maps,
+                        &state,
+                        now_ns,
+                        &l2s,
+                    );
                 }
+            }
+            if moved > 0 {
+                idle_since = None;
+                self.publish_drops(&shared, idx);
                 continue;
             }
-            idle_since = None;
-            let now_ns = ktime_ns();
-            if got_rx > 0 {
-                self.receive(
-                    got_rx,
-                    &shared,
-                    idx,
-                    &mut tables,
-                    &mut maps,
-                    &state,
-                    now_ns,
-                    &mut confirmed,
-                    &mut endpoints,
-                    &mut l2s,
-                );
+            // Nothing moved: both rx rings empty, or frames waiting on a
+            // device that takes none (down, or its queue stopped; `blocked`).
+            let blocked = got_rx > 0 || got_tx > 0;
+            // Frames a kick left on a tx ring (the device was busy) go
+            // before we sleep: nothing else would send them.
+            let mut waiting = false;
+            for tx in [&mut self.wan_tx, &mut self.wgx_tx] {
+                if tx.ring.free(RING) < RING {
+                    tx.kick(&mut self.spare);
+                    waiting |= tx.ring.free(RING) < RING;
+                }
             }
-            if got_tx > 0 {
-                self.send(
-                    got_tx,
-                    &shared,
-                    idx,
-                    &mut tables,
-                    &mut maps,
-                    &state,
-                    now_ns,
-                    &l2s,
-                );
+            self.publish_drops(&shared, idx);
+            let now = Instant::now();
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) < SPIN {
+                std::hint::spin_loop();
+                continue;
             }
-            let drops = self.wan_tx.device_drops + self.wgx_tx.device_drops;
-            if drops > 0 {
-                shared.stats[idx]
-                    .tx_device_drops
-                    .fetch_add(drops, Ordering::Relaxed);
-                self.wan_tx.device_drops = 0;
-                self.wgx_tx.device_drops = 0;
+            if blocked {
+                // The rx rings hold frames, so poll(2) on them would return
+                // at once: sleep 1 ms instead of spinning on a stuck device.
+                // SAFETY: no pollfds.
+                unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
+            } else {
+                // need_wakeup: the kernel wakes us on rx, but not when a
+                // busy device frees room for frames still on a tx ring:
+                // then look again in 1 ms. Otherwise 100 ms bounds how long
+                // a stop request waits.
+                let ms = if waiting { 1 } else { 100 };
+                // SAFETY: two valid pollfds.
+                unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
             }
+            shared.stats[idx].polls.fetch_add(1, Ordering::Relaxed);
         }
         for peer in l2s.keys() {
             set_fast_tx(&mut maps, *peer, false);
         }
     }
 
+    /// Frames the devices dropped (EBUSY), into the shared counters.
+    fn publish_drops(&mut self, shared: &Shared, idx: usize) {
+        let drops = self.wan_tx.device_drops + self.wgx_tx.device_drops;
+        if drops > 0 {
+            shared.stats[idx]
+                .tx_device_drops
+                .fetch_add(drops, Ordering::Relaxed);
+            self.wan_tx.device_drops = 0;
+            self.wgx_tx.device_drops = 0;
+        }
+    }
+
+    /// Takes up to `got` frames off the WAN rx ring; returns how many (0
+    /// when the tunnel device's tx ring has no room).
     #[allow(clippy::too_many_arguments)]
     fn receive(
         &mut self,
@@ -366,7 +392,7 @@ impl Worker {
         confirmed: &mut HashSet<u32>,
         endpoints: &mut HashMap<u32, Outer>,
         l2s: &mut HashMap<u32, L2>,
-    ) {
+    ) -> u32 {
         // Room on the tx ring; what does not fit stays on the rx ring for
         // the next round (bounded: a device that stopped sending must not
         // hold the worker, which has a stop request to see).
@@ -381,7 +407,7 @@ impl Worker {
         }
         let got = got.min(room);
         if got == 0 {
-            return;
+            return 0;
         }
         let w = &shared.stats[idx];
         let mut out = 0u32;
@@ -479,8 +505,11 @@ impl Worker {
             self.wgx_tx.submit(out);
             self.wgx_tx.kick(&mut self.spare);
         }
+        got
     }
 
+    /// Takes up to `got` frames off the tunnel device's rx ring; returns how
+    /// many (0 when the WAN tx ring has no room).
     #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
@@ -492,7 +521,7 @@ impl Worker {
         state: &StateMap,
         now_ns: u64,
         l2s: &HashMap<u32, L2>,
-    ) {
+    ) -> u32 {
         let mut room = self.wan_tx.room(got);
         for _ in 0..16 {
             if room >= got {
@@ -504,7 +533,7 @@ impl Worker {
         }
         let got = got.min(room);
         if got == 0 {
-            return;
+            return 0;
         }
         let w = &shared.stats[idx];
         let mut out = 0u32;
@@ -570,6 +599,7 @@ impl Worker {
             self.wan_tx.submit(out);
             self.wan_tx.kick(&mut self.spare);
         }
+        got
     }
 
     /// An authenticated packet from a new address moves the peer's

@@ -296,9 +296,17 @@ pub fn tx_ring(fd: RawFd, size: u32) -> io::Result<Ring<libc::xdp_desc>> {
 }
 
 /// Copy-mode tx holds a frame in an skb until the far end frees it; the
-/// default socket send buffer caps how many are in flight.
+/// default socket send buffer caps how many are in flight. SO_SNDBUF is
+/// silently capped at `net.core.wmem_max` (212,992 by default: about 185
+/// frames, below the worker's own cap), so SO_SNDBUFFORCE first (the
+/// daemon has CAP_NET_ADMIN), SO_SNDBUF where it is refused.
 pub fn set_sndbuf(fd: RawFd, bytes: i32) -> io::Result<()> {
-    setopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &bytes)
+    match setopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &bytes) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            setopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &bytes)
+        }
+        r => r,
+    }
 }
 
 /// bind(2). `shared`: the fd owning the UMEM; then only XDP_SHARED_UMEM
