@@ -46,6 +46,11 @@ const RX_RING: u32 = 4096;
 const BATCH: u32 = 64;
 /// Spin this long with nothing to do before sleeping in poll(2).
 const SPIN: Duration = Duration::from_micros(50);
+/// Spin this long on frames a tx device will not take (its in-flight cap
+/// or ring full) before sleeping 1 ms at a time: under load a veth frees
+/// room within microseconds, and a sleep there would stall the tunnel; a
+/// device that stays stuck (down, queue stopped) must not cost a core.
+const BLOCKED_SPIN: Duration = Duration::from_millis(2);
 /// Copy-mode tx skbs hold frames until freed: room for many in flight.
 const SNDBUF: i32 = 8 << 20;
 /// Frames handed to a device and not completed yet, at most. In copy mode
@@ -340,7 +345,7 @@ impl Worker {
             self.publish_drops(&shared, idx);
             let now = Instant::now();
             let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) < SPIN {
+            if now.duration_since(since) < if blocked { BLOCKED_SPIN } else { SPIN } {
                 std::hint::spin_loop();
                 continue;
             }
