@@ -292,9 +292,9 @@ pub enum DataPathSetting {
     /// AF_XDP; failing to start it is an error.
     Afxdp,
     /// The BPF data path only. The default while the fast path is new: the
-    /// fast path is faster in every bench workload (docs/performance.md),
-    /// but the hostile-network, restart and fleet tests have run on the BPF
-    /// path only (docs/decisions.md).
+    /// fast path is faster for TCP in every bench run (docs/performance.md),
+    /// but the restart, fleet and operations tests have run on the BPF path
+    /// only (docs/decisions.md).
     #[default]
     Bpf,
 }
