@@ -54,7 +54,8 @@ async fn serve(plan: Plan, ready: &mut Option<std::fs::File>) -> anyhow::Result<
     if let Some(why) = &plan.mtu_note {
         tracing::info!(mtu = plan.opts.mtu, reason = %why, "tunnel MTU derived (set MTU in [Interface] or --mtu to choose it)");
     }
-    let sock_path = claim_uapi_socket(&ifname)?;
+    // Held until this function returns, after the daemon is down.
+    let (sock_path, _lock) = claim_uapi_socket(&ifname)?;
     if let Some(c) = &plan.config {
         hooks(&ifname, &c.interface.pre_up, "PreUp")?;
     }
@@ -176,19 +177,59 @@ async fn apply_gateway(
     Ok(Some((handle, applied)))
 }
 
-/// The UAPI socket's path for `ifname`, its directory made; refused if a
-/// daemon answers there already, a stale socket removed.
-fn claim_uapi_socket(ifname: &str) -> anyhow::Result<PathBuf> {
+/// The UAPI socket's path for `ifname`, its directory made, and the
+/// interface's lock: refused if another daemon holds the lock or answers on
+/// the socket, a stale socket removed. The lock (`flock` on
+/// /run/wg-appliance/<ifname>.lock, released by the kernel however the
+/// holder ends, kill -9 included) closes the window between a starting
+/// daemon's adoption of an interface and its UAPI socket: a second `up` in
+/// that window once took the running interface for one left behind and
+/// removed it.
+fn claim_uapi_socket(ifname: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let run_dir = wg_appliance::persist::RUN_DIR;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {run_dir}"))?;
+    let lock_path = PathBuf::from(format!("{run_dir}/{ifname}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("opening the interface lock {}", lock_path.display()))?;
+    let sock_path = PathBuf::from(format!("{UAPI_DIR}/{ifname}.sock"));
+    let answers = || sock_path.exists() && UnixStream::connect(&sock_path).is_ok();
+    // A holder without an answering socket is a daemon starting (it will
+    // answer soon: refuse then) or one finishing its `down` (it will let go:
+    // go on then). 15 s bounds both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+        // SAFETY: a valid open descriptor.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+        }
+        if answers() {
+            bail!("{ifname} is already running (its UAPI socket {} answers). Fix: `wg-appliance down {ifname}` first", sock_path.display());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{ifname} is held by another wg-appliance (it holds {} and has not answered on {} for 15 s). Fix: `wg-appliance down {ifname}`, or end that process", lock_path.display(), sock_path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     std::fs::create_dir_all(UAPI_DIR).with_context(|| format!("creating {UAPI_DIR}"))?;
     let _ = std::fs::set_permissions(UAPI_DIR, std::fs::Permissions::from_mode(0o755));
-    let sock_path = PathBuf::from(format!("{UAPI_DIR}/{ifname}.sock"));
     if sock_path.exists() {
         if UnixStream::connect(&sock_path).is_ok() {
             bail!("{ifname} is already running (its UAPI socket {} answers). Fix: `wg-appliance down {ifname}` first", sock_path.display());
         }
         std::fs::remove_file(&sock_path).ok();
     }
-    Ok(sock_path)
+    Ok((sock_path, lock))
 }
 
 /// Bring-up once the daemon runs: routes and PostUp hooks (from a file),
